@@ -1,0 +1,1 @@
+"""crisis-mm pipeline stages: prepare -> featurize -> train -> evaluate (and predict)."""
