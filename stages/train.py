@@ -1,0 +1,177 @@
+"""train stage: an MLP over frozen text/image embeddings, early-stopped on validation macro-F1.
+
+Reads `weights`, `manual_weights`, `modality`, `train.*` and `features/`; writes
+`models/mlp.safetensors`, `models/model.json` and the per-epoch dvclive log in `reports/train/`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.utils.class_weight import compute_class_weight
+
+from stages.model import MODALITIES, FusionMLP, read_features, save_model
+from stages.params import ParamsError, choice, load_params, require
+
+log = logging.getLogger("train")
+WEIGHT_MODES = ("auto", "manual", "none")
+FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
+
+
+def class_weights(mode: str, labels: np.ndarray, classes: list[str],
+                  manual: dict[str, Any] | None = None) -> np.ndarray:
+    """Loss weight per class: auto = inverse frequency ("balanced"), manual = given, none = 1."""
+    if mode == "none":
+        return np.ones(len(classes))
+    if mode == "auto":
+        missing = sorted(set(range(len(classes))) - set(np.unique(labels).tolist()))
+        if missing:
+            raise ValueError("weights=auto: no training rows for "
+                             f"{[classes[i] for i in missing]}; inverse frequency is undefined")
+        return compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels)
+    if mode == "manual":
+        manual = manual or {}
+        unknown = sorted(set(manual) - set(classes))
+        missing = [c for c in classes if c not in manual]
+        if unknown or missing:
+            raise ParamsError(f"params.yaml: manual_weights must give exactly the classes "
+                              f"{classes}; missing {missing}, unknown {unknown}")
+        bad = {c: v for c, v in manual.items() if isinstance(v, bool)
+               or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0}
+        if bad:
+            raise ParamsError(f"params.yaml: manual_weights must be positive numbers: {bad}")
+        return np.array([float(manual[c]) for c in classes])
+    raise ParamsError(f"params.yaml: weights={mode!r} is not one of {', '.join(WEIGHT_MODES)}")
+
+
+def _evaluate(model: torch.nn.Module, criterion: torch.nn.Module, data: dict[str, torch.Tensor],
+              device: torch.device, n_classes: int) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(data["text"].to(device), data["image"].to(device))
+        loss = criterion(logits, data["label"].to(device)).item()
+    y, pred = data["label"].numpy(), logits.argmax(dim=1).cpu().numpy()
+    return {"loss": loss, "accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, average="macro", labels=range(n_classes),
+                                       zero_division=0))}
+
+
+def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
+                n_classes: int, modality: str, cfg: dict[str, Any], weights: np.ndarray,
+                on_epoch: Callable[[dict[str, float]], None] | None = None,
+                ) -> tuple[FusionMLP, list[dict[str, float]], dict[str, Any]]:
+    """Train with `accelerate`; keep the epoch with the best validation macro-F1 (ties: lower
+    validation loss); stop after `patience` epochs without improvement."""
+    from accelerate import Accelerator  # heavy import: only where training happens
+    from accelerate.utils import set_seed
+
+    if len(val["label"]) == 0:
+        raise ValueError("validation split is empty: early stopping needs validation rows")
+    set_seed(int(cfg["seed"]))
+    accelerator = Accelerator()
+    dims = {k: int(train[k].shape[1]) for k in ("text", "image")}
+    model = FusionMLP(dims, n_classes, modality, cfg["fusion"], cfg["hidden"], cfg["dropout"])
+    model.set_standardisation(train)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]),
+                                  weight_decay=float(cfg["weight_decay"]))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(train["text"], train["image"], train["label"]),
+        batch_size=int(cfg["batch_size"]), shuffle=True,
+        generator=torch.Generator().manual_seed(int(cfg["seed"])))
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    criterion = torch.nn.CrossEntropyLoss(
+        weight=torch.as_tensor(weights, dtype=torch.float32, device=accelerator.device))
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"macro_f1": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
+    stale = 0
+    for epoch in range(1, int(cfg["epochs"]) + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for text, image, label in loader:
+            loss = criterion(model(text, image), label)
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            optimizer.step()
+            total += loss.item() * len(label)
+            seen += len(label)
+        val_metrics = _evaluate(model, criterion, val, accelerator.device, n_classes)
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1),
+               **{f"val_{k}": v for k, v in val_metrics.items()}}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        improved = val_metrics["macro_f1"] > best["macro_f1"] + 1e-9 or (
+            abs(val_metrics["macro_f1"] - best["macro_f1"]) <= 1e-9
+            and val_metrics["loss"] < best["loss"])
+        if improved:
+            state = accelerator.unwrap_model(model).state_dict()
+            best = {**val_metrics, "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in state.items()}}
+            stale = 0
+        else:
+            stale += 1
+            if stale >= int(cfg["patience"]):
+                log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
+                break
+    module = accelerator.unwrap_model(model).cpu()
+    module.load_state_dict(best["state"])
+    info = {"best_epoch": best["epoch"], "epochs_run": len(history),
+            "best_val_macro_f1": best["macro_f1"], "best_val_accuracy": best["accuracy"],
+            "best_val_loss": best["loss"], "device": str(accelerator.device)}
+    return module.eval(), history, info
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    params = load_params()
+    mode = choice(params, "weights", WEIGHT_MODES)
+    modality = choice(params, "modality", MODALITIES)
+    cfg = require(params, "train")
+    for key in ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "epochs",
+                "batch_size", "patience"):
+        require(params, f"train.{key}")
+    meta = json.loads((FEATURES / "meta.json").read_text(encoding="utf-8"))
+    classes = list(meta["classes"])
+    train = read_features(FEATURES / "train.safetensors", len(classes))
+    val = read_features(FEATURES / "val.safetensors", len(classes))
+    weights = class_weights(mode, train["label"].numpy(), classes,
+                            params.get("manual_weights") if mode == "manual" else None)
+    weight_map = {c: round(float(w), 6) for c, w in zip(classes, weights)}
+    log.info("%d train / %d val rows, modality=%s, class weights (%s): %s",
+             len(train["label"]), len(val["label"]), modality, mode, weight_map)
+
+    from dvclive import Live  # heavy import: only for the stage run, not for library use
+
+    # dvcyaml=None: our dvc.yaml declares the plots; `dvc exp run` records the experiment.
+    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) as live:
+        def on_epoch(row: dict[str, float]) -> None:
+            live.step = int(row["epoch"])  # plots' x axis = epoch number, as in model.json
+            live.log_metric("train/loss", row["train_loss"])
+            for key in ("loss", "accuracy", "macro_f1"):
+                live.log_metric(f"val/{key}", row[f"val_{key}"])
+            live.sync()
+
+        module, history, info = train_model(train, val, len(classes), modality, cfg, weights,
+                                            on_epoch)
+        for key in ("best_epoch", "best_val_macro_f1", "best_val_accuracy"):
+            live.log_metric(f"best/{key.removeprefix('best_')}", info[key], plot=False)
+    save_model(MODELS, module, {
+        "classes": classes, "encoder": meta.get("encoder"), "encoder_model": meta.get("model"),
+        "fingerprint": meta.get("fingerprint"), "modality": modality, "fusion": module.fusion,
+        "dims": module.config["dims"], "hidden": module.config["hidden"],
+        "dropout": module.config["dropout"], "weights": mode, "class_weights": weight_map,
+        "standardisation": {"source": "train split", "rows": len(train["label"]),
+                            "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")]},
+        "seed": int(cfg["seed"]), **info})
+    log.info("best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f", info["best_epoch"],
+             info["epochs_run"], info["best_val_macro_f1"], info["best_val_accuracy"])
+
+
+if __name__ == "__main__":
+    main()

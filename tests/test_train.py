@@ -1,0 +1,156 @@
+"""train stage: class weights, learning, early stopping, determinism, the stage's outputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from stages import train
+from stages.model import load_model, predict_proba
+from stages.params import ParamsError
+from synthetic_features import CLASSES, make_split, write_features
+
+CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.003,
+       "weight_decay": 0.0001, "epochs": 40, "batch_size": 16, "patience": 40}
+
+
+def test_auto_weights_are_inverse_frequency() -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 1)
+    # balanced: n_samples / (n_classes * count) = 12 / (4 * count)
+    np.testing.assert_allclose(train.class_weights("auto", labels, CLASSES),
+                               [0.5, 1.0, 1.5, 3.0])
+
+
+def test_auto_weights_need_every_class() -> None:
+    with pytest.raises(ValueError, match=r"no training rows for \['irrelevant'\]"):
+        train.class_weights("auto", np.array([0, 1, 2, 2]), CLASSES)
+
+
+def test_manual_and_none_weights() -> None:
+    manual = {"irrelevant": 0.5, "urgent_help": 4, "relief_info": 1.0, "misinformation": 2.0}
+    labels = np.array([0, 1, 2, 3, 3])
+    np.testing.assert_array_equal(train.class_weights("manual", labels, CLASSES, manual),
+                                  [4.0, 1.0, 2.0, 0.5])
+    np.testing.assert_array_equal(train.class_weights("none", labels, CLASSES), [1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("manual,message", [
+    ({"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0},
+     r"missing \['irrelevant'\], unknown \[\]"),
+    ({"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0, "irrelevant": 1.0,
+      "rumour": 2.0}, r"missing \[\], unknown \['rumour'\]"),
+    ({"urgent_help": 0.0, "relief_info": 1.0, "misinformation": 1.0, "irrelevant": "x"},
+     "positive numbers"),
+    (None, r"missing \['urgent_help'"),
+])
+def test_manual_weights_errors_name_the_problem(manual, message) -> None:
+    with pytest.raises(ParamsError, match=message):
+        train.class_weights("manual", np.array([0, 1, 2, 3]), CLASSES, manual)
+
+
+def test_unknown_weights_mode() -> None:
+    with pytest.raises(ParamsError, match="weights='balanced'"):
+        train.class_weights("balanced", np.array([0, 1]), CLASSES)
+
+
+def test_mlp_separates_a_separable_set_perfectly() -> None:
+    tr, val = make_split(30, seed=1), make_split(10, seed=2)
+    module, history, info = train.train_model(tr, val, 4, "both", CFG, np.ones(4))
+    for split in (tr, val):
+        proba = predict_proba(module, split["text"], split["image"])
+        assert (proba.argmax(axis=1) == split["label"].numpy()).all()
+    assert info["best_val_macro_f1"] == 1.0
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("modality,fusion", [("text", "concat"), ("image", "concat"),
+                                             ("both", "gated")])
+def test_other_modalities_and_fusion_learn(modality: str, fusion: str) -> None:
+    tr, val = make_split(30, seed=1), make_split(10, seed=2)
+    _, _, info = train.train_model(tr, val, 4, modality, {**CFG, "fusion": fusion}, np.ones(4))
+    assert info["best_val_macro_f1"] >= 0.95
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:
+    tr, val = make_split(20, seed=1, separation=0.3), make_split(10, seed=2, separation=0.3)
+    # lr=0: nothing changes, so epoch 1 stays best and patience 3 ends training at epoch 4.
+    _, history, info = train.train_model(tr, val, 4, "both", {**CFG, "lr": 0.0, "patience": 3},
+                                         np.ones(4))
+    assert len(history) == 4 and info["best_epoch"] == 1
+
+    seen = []
+    module, history, info = train.train_model(tr, val, 4, "both", {**CFG, "patience": 2,
+                                                                   "epochs": 100},
+                                              np.ones(4), on_epoch=seen.append)
+    assert seen == history and len(history) < 100
+    assert len(history) - info["best_epoch"] == 2
+    best = max(history, key=lambda r: (r["val_macro_f1"], -r["val_loss"]))
+    assert best["epoch"] == info["best_epoch"]
+    # The returned module is the best epoch's, not the last one's.
+    proba = predict_proba(module, val["text"], val["image"])
+    pred = proba.argmax(axis=1)
+    from sklearn.metrics import f1_score
+    assert f1_score(val["label"].numpy(), pred, average="macro") == pytest.approx(
+        best["val_macro_f1"])
+
+
+def test_same_seed_same_result_other_seed_differs() -> None:
+    tr, val = make_split(20, seed=1, separation=0.5), make_split(10, seed=2, separation=0.5)
+    cfg = {**CFG, "epochs": 6, "patience": 6, "dropout": 0.3}
+    runs = [train.train_model(tr, val, 4, "both", cfg, np.ones(4)) for _ in range(2)]
+    assert runs[0][1] == runs[1][1]
+    for key, value in runs[0][0].state_dict().items():
+        assert torch.equal(value, runs[1][0].state_dict()[key]), key
+    other = train.train_model(tr, val, 4, "both", {**cfg, "seed": 8}, np.ones(4))
+    assert other[1] != runs[0][1]
+
+
+def test_empty_validation_split_is_an_error() -> None:
+    tr = make_split(5, seed=1)
+    empty = {k: v[:0] for k, v in tr.items()}
+    with pytest.raises(ValueError, match="validation split is empty"):
+        train.train_model(tr, empty, 4, "both", CFG, np.ones(4))
+
+
+def _params(root, **overrides) -> None:
+    params = {"weights": "auto", "modality": "both",
+              "manual_weights": {"urgent_help": 4.0, "relief_info": 1.0,
+                                 "misinformation": 1.0, "irrelevant": 1.0},
+              "train": {**CFG, "epochs": 8}}
+    params.update(overrides)
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+
+
+def test_main_writes_model_and_dvclive_logs(tmp_path, monkeypatch) -> None:
+    write_features(tmp_path, {"train": [20, 10, 10, 5], "val": 5, "test": 5})
+    _params(tmp_path, weights="manual")
+    monkeypatch.chdir(tmp_path)
+    train.main()
+    module, meta = load_model(tmp_path / "models")
+    assert meta["classes"] == CLASSES and meta["weights"] == "manual"
+    assert meta["class_weights"] == {"urgent_help": 4.0, "relief_info": 1.0,
+                                     "misinformation": 1.0, "irrelevant": 1.0}
+    assert meta["dims"] == {"text": 24, "image": 40} and meta["encoder"] == "synthetic"
+    assert meta["standardisation"]["rows"] == 45
+    stats = load_file(str(tmp_path / "models" / "mlp.safetensors"))
+    train_text = load_file(str(tmp_path / "features" / "train.safetensors"))["text"]
+    assert torch.allclose(stats["text_mean"], train_text.mean(0), atol=1e-4)
+    logs = tmp_path / "reports" / "train"
+    val_f1 = pd.read_csv(logs / "plots" / "metrics" / "val" / "macro_f1.tsv", sep="\t")
+    assert val_f1["step"].tolist() == list(range(1, meta["epochs_run"] + 1))
+    summary = json.loads((logs / "metrics.json").read_text())
+    assert summary["best"]["epoch"] == meta["best_epoch"]
+    assert not (tmp_path / "dvc.yaml").exists()  # dvclive must leave the pipeline file alone
+
+
+def test_main_rejects_a_bad_weights_value(tmp_path, monkeypatch) -> None:
+    write_features(tmp_path)
+    _params(tmp_path, weights="inverse")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match="weights='inverse'"):
+        train.main()
