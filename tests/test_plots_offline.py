@@ -2,7 +2,7 @@
 
 A throwaway DVC project gets this project's `.dvc/config` (which names the template) and
 `plots/`, plus plot data shaped like the pipeline's: `reports/predictions_test.csv`
-(`id,actual,predicted,p_<class>...`) for the confusion matrices and dvclive TSV curves. The
+(`id,actual,predicted,prob_<class>...`) for the confusion matrices and dvclive TSV curves. The
 real `dvc plots show` writes the page; headless Chromium, its network blocked, loads it and
 the test reads what Vega drew. DVC's own CDN page, in the same browser, draws nothing: that
 control shows the browser really is offline.
@@ -10,6 +10,7 @@ control shows the browser really is offline.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -46,6 +47,10 @@ plots:
       y:
         reports/train/plots/metrics/train/loss.tsv: loss
         reports/train/plots/metrics/val/loss.tsv: loss
+  - reports/plots/precision_recall:
+      template: simple
+      x: recall
+      y: precision
   - reports/figures
 """
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
@@ -112,13 +117,13 @@ def dvc(*args: str, cwd: Path) -> str:
 
 
 def write_plot_data(project: Path) -> None:
-    """Predictions and dvclive curves in the shapes stages/evaluate.py and dvclive write."""
+    """Predictions and per-epoch curves in the shapes stages/evaluate.py and stages/train.py write."""
     rng = np.random.default_rng(0)
     reports = project / "reports"
     reports.mkdir()
     with (reports / "predictions_test.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "actual", "predicted", *(f"p_{c}" for c in CLASSES)])
+        writer.writerow(["id", "actual", "predicted", *(f"prob_{c}" for c in CLASSES)])
         # Every (actual, predicted) pair occurs, so the matrix has all len(CLASSES)**2 cells.
         for i in range(len(CLASSES) ** 2 * 3):
             actual, predicted = CLASSES[i % 4], CLASSES[(i // 4) % 4]
@@ -127,8 +132,14 @@ def write_plot_data(project: Path) -> None:
     for split, scale in (("train", 1.0), ("val", 1.3)):
         tsv = reports / "train" / "plots" / "metrics" / split / "loss.tsv"
         tsv.parent.mkdir(parents=True)
-        rows = [f"{1_700_000_000_000 + s}\t{s}\t{scale / (s + 1):.5f}" for s in range(STEPS)]
-        tsv.write_text("timestamp\tstep\tloss\n" + "\n".join(rows) + "\n")
+        rows = [f"{s}\t{scale / s:.5f}" for s in range(1, STEPS + 1)]
+        tsv.write_text("step\tloss\n" + "\n".join(rows) + "\n")
+    curves = reports / "plots" / "precision_recall"
+    curves.mkdir(parents=True)
+    for name in CLASSES[:2]:
+        points = [{"recall": round(1 - t, 3), "precision": round(0.25 + 0.7 * t, 3)}
+                  for t in np.linspace(0, 1, 9)]
+        (curves / f"{name}.json").write_text(json.dumps(points))
     (reports / "figures").mkdir()
     Image.new("RGB", (40, 30), (200, 40, 40)).save(reports / "figures" / "per_class_f1.png")
 
@@ -172,16 +183,21 @@ def test_template_is_regenerated_from_the_vendored_files() -> None:
 def test_config_names_the_project_template(project: Path) -> None:
     configured = dvc("config", "plots.html_template", cwd=project).strip()
     # DVC resolves a relative plots.html_template against the .dvc/ directory.
-    assert (project / ".dvc" / configured).resolve() == (project / "plots" / "template.html").resolve()
+    template = (project / ".dvc" / configured).resolve()
+    assert template == (project / "plots" / "template.html").resolve()
 
 
 def test_page_loads_nothing_from_the_network(project: Path, page: Path) -> None:
     html = page.read_text(encoding="utf-8")
-    remote = re.findall(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//[^"'\s>]*""", html, re.I)
+    remote = re.findall(
+        r"""<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//[^"'\s>]*""", html, re.I
+    )
     assert remote == [], f"the page fetches {remote}"
     for name in ("vega@5", "vega-lite@5", "vega-embed@6"):
         assert f"/* {name}." in html, f"{name} is not inlined in {page}"
-    assert vega_div_ids(html) == {dom_id(n) for n in (CONFUSION, "Confusion matrix, normalised (test)", CURVES)}
+    pr_curves = [f"reports/plots/precision_recall/{name}.json" for name in CLASSES[:2]]
+    expected = (CONFUSION, "Confusion matrix, normalised (test)", CURVES, *pr_curves)
+    assert vega_div_ids(html) == {dom_id(n) for n in expected}
     # dvc copies image plots beside the page, under static/.
     (src,) = re.findall(r'<img src="(static/[^"]+)"', html)
     png = project / "reports" / "figures" / "per_class_f1.png"

@@ -72,7 +72,8 @@ def fetch(vendor: Path = VENDOR) -> None:
             with tarfile.open(tmp / info["filename"]) as tar:
                 tar.extractall(tmp / name, filter="data")
             package = tmp / name / "package"
-            publish(vendor / f"{name}.min.js", (package / "build" / f"{name}.min.js").read_text(encoding="utf-8"))
+            build = (package / "build" / f"{name}.min.js").read_text(encoding="utf-8")
+            publish(vendor / f"{name}.min.js", build)
             licence = vendor / f"LICENSE.{name}"
             if (package / "LICENSE").is_file():
                 publish(licence, (package / "LICENSE").read_text(encoding="utf-8"))
@@ -99,11 +100,12 @@ def inline_script(name: str, vendor: Path = VENDOR) -> str:
     if sha256(path) != entry["sha256"]:
         raise SystemExit(f"{path} does not match the sha256 in {MANIFEST.name}: rerun with --fetch")
     code = path.read_text(encoding="utf-8").rstrip()
-    if UNSAFE_IN_SCRIPT.search(code):
-        raise SystemExit(f"{path} contains {UNSAFE_IN_SCRIPT.search(code).group(0)!r}: cannot inline it")
+    if unsafe := UNSAFE_IN_SCRIPT.search(code):
+        raise SystemExit(f"{path} contains {unsafe.group(0)!r}: cannot inline it")
     if any(p in code for p in DVC_PLACEHOLDERS):
         raise SystemExit(f"{path} contains a dvc-render placeholder: dvc would rewrite the code")
-    header = f"/* {name}@{entry['version']}, {entry['license']}, see plots/vendor/{entry['license_file']} */"
+    licence = f"plots/vendor/{entry['license_file']}"
+    header = f"/* {name}@{entry['version']}, {entry['license']}, see {licence} */"
     return f"<script>{header}\n{code}\n</script>"
 
 
