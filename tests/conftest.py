@@ -1,0 +1,38 @@
+"""Shared fixtures: the real data beside the repository (skipped when absent) and a maker of
+small generated images."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """`../shared/data` (real MediaEval, CrisisMMD and crisis4 files), or skip."""
+    if not (SHARED_DATA / "crisis4" / "crisis4.csv").is_file():
+        pytest.skip(f"real data not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    """make_image(relative_path, size=(32, 24), mode="RGB", color=..., format=None) -> path,
+    a generated picture saved under tmp_path (format from the suffix unless given)."""
+    def make(relative: str, size: tuple[int, int] = (32, 24), mode: str = "RGB",
+             color: object = None, format: str | None = None, **save: object) -> Path:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if color is None:
+            # Colour from the name, so different files have different content hashes.
+            crc = zlib.crc32(relative.encode())
+            color = {"RGB": tuple(crc >> s & 255 for s in (0, 8, 16)),
+                     "RGBA": (10, 200, 30, 255), "L": crc & 255}.get(mode, 0)
+        Image.new(mode, size, color).save(path, format=format, **save)
+        return path
+    return make
