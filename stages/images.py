@@ -122,7 +122,7 @@ def open_image(path: Path, max_side: int) -> LoadedImage:
     except UnidentifiedImageError as exc:
         return LoadedImage(None, "not_image", f"{path}: {exc}")
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
-        kind = "truncated" if "truncated" in str(exc) else "corrupt"
+        kind = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         return LoadedImage(None, kind, f"{path}: {type(exc).__name__}: {exc}")
 
 

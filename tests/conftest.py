@@ -1,7 +1,9 @@
-"""Shared fixtures: the real data beside the repository (skipped when absent) and a maker of
-small generated images."""
+"""Shared fixtures: the real data beside the repository (skipped when absent), a maker of
+small generated images, and a PNG that claims a huge size (decompression bomb)."""
 from __future__ import annotations
 
+import io
+import struct
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -35,4 +37,20 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
                      "RGBA": (10, 200, 30, 255), "L": crc & 255}.get(mode, 0)
         Image.new(mode, size, color).save(path, format=format, **save)
         return path
+    return make
+
+
+@pytest.fixture
+def png_claiming() -> Callable[[int, int], bytes]:
+    """png_claiming(width, height) -> bytes of a PNG whose header claims that size while only
+    a 1x1 picture follows: enough for Pillow's bomb check, without a huge image in memory."""
+    def make(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (1, 1)).save(buffer, format="PNG")
+        data = bytearray(buffer.getvalue())
+        ihdr = 8 + 8  # PNG signature, then the IHDR chunk's length and type
+        data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+        crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13]))
+        data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+        return bytes(data)
     return make

@@ -2,10 +2,7 @@
 and the store that decodes each file once and exports exactly the images a split needs."""
 from __future__ import annotations
 
-import io
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -16,18 +13,6 @@ from stages.images import (ImagePathError, ImageStore, encode_jpeg, load_image,
                            resolve_image_path, white_image)
 
 DEV_IMAGES = Path("mediaeval/2016/devset/images")
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (only a 1x1 picture follows): enough for
-    Pillow's decompression-bomb check, without building a huge image in the test."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
-    return bytes(data)
 
 
 @pytest.mark.parametrize("relative, problem, note", [
@@ -48,13 +33,14 @@ def test_real_odd_files(shared_data: Path, relative: str, problem: str | None,
         assert note in loaded.notes
 
 
-def test_generated_bad_files(tmp_path: Path, make_image: Callable[..., Path]) -> None:
+def test_generated_bad_files(tmp_path: Path, make_image: Callable[..., Path],
+                             png_claiming: Callable[[int, int], bytes]) -> None:
     good = make_image("good.jpg", size=(300, 200))
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("id\turl\nvideo_1\thttps://example.org/v\n")
     (tmp_path / "truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    (tmp_path / "bomb.png").write_bytes(_png_claiming(20000, 20000))
-    (tmp_path / "warning_bomb.png").write_bytes(_png_claiming(10000, 10000))
+    (tmp_path / "bomb.png").write_bytes(png_claiming(20000, 20000))
+    (tmp_path / "warning_bomb.png").write_bytes(png_claiming(10000, 10000))
     (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     noisy = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
     noisy.save(tmp_path / "noisy.png")

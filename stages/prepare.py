@@ -1,0 +1,140 @@
+"""Prepare stage: read the sources, clean texts, normalise images (white dummy when unusable),
+drop duplicates, split by image groups, balance, and account for every input row."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from stages import csvsafe, ledger, split as splitting
+from stages.files import write_json
+from stages.images import ImageStore
+from stages.params import ParamsError, choice, load_params, require
+from stages.sources import Record, SourceError, parse_sources, read_source
+from stages.text import REPAIRS, clean_text_explained
+
+log = logging.getLogger("prepare")
+DATASET, REPORTS = Path("dataset"), Path("reports")
+COLUMNS = ["id", "text", "image_path", "label"]
+
+
+class PrepareError(ValueError):
+    """The inputs leave nothing that can be split into train, validation and test."""
+
+
+def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd.DataFrame:
+    """One row per record, in ledger order (id = ledger_id): cleaned text, image hash, split
+    group, the repair/drop kinds met ('kinds') and routine cleaning steps ('cleaning')."""
+    rows, seen = [], {}
+    for ledger_id, rec in enumerate(tqdm(records, desc="prepare", unit="row"), start=1):
+        row = dict(id=ledger_id, source=rec.source, row_id=rec.row_id, label=rec.label,
+                   split=rec.split, text="", digest="", group="", kinds=list(rec.issues),
+                   cleaning=[])
+        rows.append(row)
+        if ledger.is_dropped(row["kinds"]):
+            continue
+        text, steps = clean_text_explained(rec.text, strip_urls)
+        image = store.get(rec.images, rec.image_root)
+        row["kinds"] += [f"text_{s}" for s in sorted(steps & REPAIRS)]
+        row["kinds"] += [f"image_{image.problem}"] if image.problem else []
+        # The dummy says nothing about a post: grouping on it would put every image-less post
+        # on one side, so those are grouped by their text (retweets stay together).
+        own = image.digest != store.dummy
+        group = image.digest if own else "text:" + hashlib.sha256(text.encode()).hexdigest()
+        row.update(text=text, digest=image.digest, group=group, cleaning=sorted(steps - REPAIRS))
+        if not text and not own:
+            row["kinds"].append("empty_post")
+        elif (first := seen.setdefault((text, image.digest), row)) is not row:
+            row["kinds"].append("duplicate" if first["label"] == rec.label else "duplicate_conflict")
+    return pd.DataFrame(rows)
+
+
+def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any]
+               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Surviving rows with their split and image_path, and the output tables by file stem.
+    Marks rows left out by balancing as 'downsampled' in `table`."""
+    live = table[~table["kinds"].map(ledger.is_dropped)].copy()
+    if live.empty:
+        raise PrepareError("no rows left after reading and cleaning (see reports/prepare_ledger.csv)")
+    seed = cfg["seed"]
+    live["split"] = splitting.assign_splits(live["label"], live["group"], live["split"],
+                                            cfg["test_size"], cfg["val_size"], seed)
+    folder = np.where(live["split"] == "test", "images_test/", "images_train/")
+    live["image_path"] = folder + live["digest"] + ".jpg"
+    part = {s: live[live["split"] == s] for s in ("train", "val", "test")}
+    out = {"train_balanced": splitting.balance(part["train"], classes, cfg["balance"], seed),
+           "val": part["val"].sort_values("id"),
+           "test_balanced": splitting.balance(part["test"], classes, cfg["balance"], seed)}
+    if empty := [name for name, frame in out.items() if frame.empty]:
+        raise PrepareError(f"{', '.join(empty)} would be empty: {len(live)} rows in "
+                           f"{live['group'].nunique()} image/text groups are too few to split")
+    n = cfg["per_class_small"]
+    for name in ("train_balanced", "test_balanced"):
+        out[f"{name}_100"] = splitting.take_per_class(out[name], classes, n, seed, name)
+    out["train_balanced_100_interleaved"] = splitting.interleave(out["train_balanced_100"], classes)
+    used = set(pd.concat([out["train_balanced"]["id"], out["val"]["id"], out["test_balanced"]["id"]]))
+    left_out = table["id"].isin(set(live["id"]) - used)
+    table.loc[left_out, "kinds"] = table.loc[left_out, "kinds"].map(lambda k: k + ["downsampled"])
+    return live, out
+
+
+def settings(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    classes = require(params, "classes")
+    if (not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes)
+            or not all(isinstance(c, str) and c.strip() for c in classes)):
+        raise ParamsError(f"params.yaml: classes must be a list of distinct names, got {classes!r}")
+    cfg = {key: require(params, f"prepare.{key}") for key in (
+        "seed", "strip_urls", "dummy_size", "max_side", "test_size", "val_size", "per_class_small")}
+    cfg["balance"] = choice(params, "prepare.balance", splitting.BALANCE_MODES)
+    for key, low, high in (("test_size", 0, 1), ("val_size", 0, 1), ("dummy_size", 1, 1e5),
+                           ("max_side", 16, 1e5), ("per_class_small", 1, 1e9)):
+        if not isinstance(cfg[key], (int, float)) or not low < cfg[key] < high:
+            raise ParamsError(f"params.yaml: prepare.{key}={cfg[key]!r} is out of range ({low}, {high})")
+    return classes, cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        classes, cfg = settings(params)
+        records = [r for s in parse_sources(params, classes) for r in read_source(s)]
+        DATASET.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=DATASET))
+        try:
+            store = ImageStore(staging, cfg["max_side"], cfg["dummy_size"])
+            table = clean_rows(records, store, bool(cfg["strip_urls"]))
+            live, out = split_rows(table, classes, cfg)
+            written = {
+                "images_train": store.export(DATASET / "images_train", pd.concat(
+                    [out["train_balanced"]["digest"], out["val"]["digest"]])),
+                "images_test": store.export(DATASET / "images_test", out["test_balanced"]["digest"])}
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except (ParamsError, SourceError, PrepareError) as exc:
+        raise SystemExit(f"prepare: error: {exc}") from None
+    write_json(DATASET / "classes.json", classes)
+    for name, frame in out.items():
+        csvsafe.write_csv(frame[COLUMNS], DATASET / f"{name}.csv")
+    csvsafe.write_csv(ledger.ledger(table), REPORTS / "prepare_ledger.csv")
+    report = ledger.summary(table, live, out, classes, store, written)
+    write_json(REPORTS / "prepare.json", report)
+    print(f"prepare: {report['rows']} in {time.perf_counter() - started:.1f}s; "
+          f"outputs {{{', '.join(f'{k}: {len(v)}' for k, v in out.items())}}}")
+
+
+if __name__ == "__main__":
+    main()
