@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +21,12 @@ from stages.params import ParamsError, choice, load_params, require
 from stages.sources import Record, SourceError, parse_sources, read_source
 from stages.text import REPAIRS, clean_text_explained
 
-log = logging.getLogger("prepare")
 DATASET, REPORTS = Path("dataset"), Path("reports")
 COLUMNS = ["id", "text", "image_path", "label"]
 
 
 class PrepareError(ValueError):
-    """The inputs leave nothing that can be split into train, validation and test."""
+    """The inputs leave too little to fill train, validation and test."""
 
 
 def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd.DataFrame:
@@ -36,9 +34,8 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
     group, the repair/drop kinds met ('kinds') and routine cleaning steps ('cleaning')."""
     rows, seen = [], {}
     for ledger_id, rec in enumerate(tqdm(records, desc="prepare", unit="row"), start=1):
-        row = dict(id=ledger_id, source=rec.source, row_id=rec.row_id, label=rec.label,
-                   split=rec.split, text="", digest="", group="", kinds=list(rec.issues),
-                   cleaning=[])
+        row = dict(id=ledger_id, source=rec.source, row_id=rec.row_id, label=rec.label, text="",
+                   split=rec.split, digest="", group="", kinds=list(rec.issues), cleaning=[])
         rows.append(row)
         if ledger.is_dropped(row["kinds"]):
             continue
@@ -54,7 +51,8 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
         if not text and not own:
             row["kinds"].append("empty_post")
         elif (first := seen.setdefault((text, image.digest), row)) is not row:
-            row["kinds"].append("duplicate" if first["label"] == rec.label else "duplicate_conflict")
+            same = first["label"] == rec.label
+            row["kinds"].append("duplicate" if same else "duplicate_conflict")
     return pd.DataFrame(rows)
 
 
@@ -64,7 +62,7 @@ def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any]
     Marks rows left out by balancing as 'downsampled' in `table`."""
     live = table[~table["kinds"].map(ledger.is_dropped)].copy()
     if live.empty:
-        raise PrepareError("no rows left after reading and cleaning (see reports/prepare_ledger.csv)")
+        raise PrepareError("no rows left after reading and cleaning (see the ledger)")
     seed = cfg["seed"]
     live["split"] = splitting.assign_splits(live["label"], live["group"], live["split"],
                                             cfg["test_size"], cfg["val_size"], seed)
@@ -77,12 +75,12 @@ def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any]
     if empty := [name for name, frame in out.items() if frame.empty]:
         raise PrepareError(f"{', '.join(empty)} would be empty: {len(live)} rows in "
                            f"{live['group'].nunique()} image/text groups are too few to split")
-    n = cfg["per_class_small"]
     for name in ("train_balanced", "test_balanced"):
-        out[f"{name}_100"] = splitting.take_per_class(out[name], classes, n, seed, name)
+        out[f"{name}_100"] = splitting.take_per_class(out[name], classes,
+                                                      cfg["per_class_small"], seed, name)
     out["train_balanced_100_interleaved"] = splitting.interleave(out["train_balanced_100"], classes)
-    used = set(pd.concat([out["train_balanced"]["id"], out["val"]["id"], out["test_balanced"]["id"]]))
-    left_out = table["id"].isin(set(live["id"]) - used)
+    used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
+    left_out = table["id"].isin(live["id"]) & ~table["id"].isin(used)
     table.loc[left_out, "kinds"] = table.loc[left_out, "kinds"].map(lambda k: k + ["downsampled"])
     return live, out
 
@@ -95,10 +93,13 @@ def settings(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     cfg = {key: require(params, f"prepare.{key}") for key in (
         "seed", "strip_urls", "dummy_size", "max_side", "test_size", "val_size", "per_class_small")}
     cfg["balance"] = choice(params, "prepare.balance", splitting.BALANCE_MODES)
-    for key, low, high in (("test_size", 0, 1), ("val_size", 0, 1), ("dummy_size", 1, 1e5),
-                           ("max_side", 16, 1e5), ("per_class_small", 1, 1e9)):
-        if not isinstance(cfg[key], (int, float)) or not low < cfg[key] < high:
-            raise ParamsError(f"params.yaml: prepare.{key}={cfg[key]!r} is out of range ({low}, {high})")
+    for key, kind, low, high in (("test_size", float, 0, 1), ("val_size", float, 0, 1),
+                                 ("dummy_size", int, 0, 1e5), ("max_side", int, 15, 1e5),
+                                 ("per_class_small", int, 0, 1e9), ("seed", int, -1, 2**32)):
+        value = cfg[key]
+        if type(value) not in (int, kind) or not low < value < high:  # type(): no bools
+            raise ParamsError(f"params.yaml: prepare.{key}={value!r} must be {kind.__name__} "
+                              f"strictly between {low} and {high:g}")
     return classes, cfg
 
 
@@ -113,17 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         classes, cfg = settings(params)
         records = [r for s in parse_sources(params, classes) for r in read_source(s)]
         DATASET.mkdir(exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=DATASET))
-        try:
-            store = ImageStore(staging, cfg["max_side"], cfg["dummy_size"])
+        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=DATASET) as staging:
+            store = ImageStore(Path(staging), cfg["max_side"], cfg["dummy_size"])
             table = clean_rows(records, store, bool(cfg["strip_urls"]))
             live, out = split_rows(table, classes, cfg)
-            written = {
-                "images_train": store.export(DATASET / "images_train", pd.concat(
-                    [out["train_balanced"]["digest"], out["val"]["digest"]])),
-                "images_test": store.export(DATASET / "images_test", out["test_balanced"]["digest"])}
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
+            written = {"images_train": store.export(DATASET / "images_train", train_digests),
+                       "images_test": store.export(DATASET / "images_test",
+                                                   out["test_balanced"]["digest"])}
     except (ParamsError, SourceError, PrepareError) as exc:
         raise SystemExit(f"prepare: error: {exc}") from None
     write_json(DATASET / "classes.json", classes)
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     report = ledger.summary(table, live, out, classes, store, written)
     write_json(REPORTS / "prepare.json", report)
     print(f"prepare: {report['rows']} in {time.perf_counter() - started:.1f}s; "
-          f"outputs {{{', '.join(f'{k}: {len(v)}' for k, v in out.items())}}}")
+          f"rows out: { {name: len(frame) for name, frame in out.items()} }")
 
 
 if __name__ == "__main__":

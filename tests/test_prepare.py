@@ -71,7 +71,7 @@ def _dummy_name(result: dict[str, Any]) -> str:
 
 @pytest.fixture
 def messy_source(tmp_path: Path, make_image: Callable[..., Path],
-                 png_claiming: Callable[[int, int], bytes]) -> tuple[dict[str, Any], dict[str, str]]:
+                 png_claiming: Callable[[int, int], bytes]) -> tuple[dict, dict[str, str]]:
     """A CSV source of good posts (8 images per class, 2 posts each) plus one row per bad case;
     returns the source entry and, per bad row id, the reason the ledger must give."""
     root = tmp_path / "raw" / "images"
@@ -104,7 +104,8 @@ def messy_source(tmp_path: Path, make_image: Callable[..., Path],
         "duplicate": (rows[0][1], good, "urgent_help", "duplicate"),
         "conflict": (rows[0][1], good, "irrelevant", "duplicate_conflict"),
         "unknown_label": ("flood", good, "kittens", "label_unmapped"),
-        "html": ("<b>Flood</b> &amp;amp; rain", good, "relief_info", "text_html_entities;text_html_tags"),
+        "html": ("<b>Flood</b> &amp;amp; rain", good, "relief_info",
+                 "text_html_entities;text_html_tags"),
         "mojibake": ("Sandyâ€™s flood", good, "relief_info", "text_mojibake"),
         "controls": ("flo\x00od\x07 \u202ewarning", good, "relief_info", "text_control_chars"),
         "formula": ("=cmd|' /C calc'!A0", good, "irrelevant", ""),
@@ -116,13 +117,14 @@ def messy_source(tmp_path: Path, make_image: Callable[..., Path],
         writer = csv.writer(fh, lineterminator="\r\n")
         writer.writerow(["id", "text", "image_path", "label", "extra"])
         writer.writerows(r + ["x"] for r in rows)
-        writer.writerows([key, text, image, label, "x"] for key, (text, image, label, _) in bad.items())
+        writer.writerows([key, *values[:3], "x"] for key, values in bad.items())
     with path.open("ab") as fh:
         fh.write(b"cp1252,caf\xe9 \x93flood\x94,nope.jpg,urgent_help,x\r\n")
         fh.write(b"malformed,only three,fields\r\n")
     expected = {key: reason for key, (_, _, _, reason) in bad.items()}
     # A malformed row's id column cannot be trusted: its row id is its data line number.
-    expected |= {"cp1252": "text_not_utf8;image_missing", str(len(rows) + len(bad) + 2): "malformed_row"}
+    expected |= {"cp1252": "text_not_utf8;image_missing",
+                 str(len(rows) + len(bad) + 2): "malformed_row"}
     return {"name": "messy", "path": str(path), "format": "csv", "image_root": str(root)}, expected
 
 

@@ -136,7 +136,8 @@ def test_unreadable_paths(tmp_path: Path) -> None:
 
 
 def test_crisismmd_missing_label_column(tmp_path: Path) -> None:
-    path = _write(tmp_path / "x.tsv", "tweet_id\timage_id\ttweet_text\timage\tlabel\n1\t1_0\thi\ta.jpg\tnot_humanitarian\n")
+    path = _write(tmp_path / "x.tsv", "tweet_id\timage_id\ttweet_text\timage\tlabel\n"
+                                      "1\t1_0\thi\ta.jpg\tnot_humanitarian\n")
     with pytest.raises(SourceError, match="label_text"):
         read_source(_source(path, "crisismmd", label_column="label_text"))
 
