@@ -1,0 +1,155 @@
+"""featurize: frozen-encoder embeddings of each post's text and image, for every split.
+
+Reads `featurize.*`, dataset/classes.json and the split CSVs; writes
+features/{train,val,test}.safetensors and features/meta.json (docs/DESIGN.md). Each distinct
+text and image is embedded once, in resumable shards (stages/feature_store.py). Under
+`torchrun --nproc_per_node N -m stages.featurize` (or `accelerate launch --multi_gpu
+--num_processes N`, which is torchrun, on CPU too) each process embeds every N-th shard and the
+output is identical to one process's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import PartialState
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from stages.encoders import Encoder, ImageFiles, load_encoder
+from stages.feature_store import (Items, ShardReader, collect, file_key, pending_shards,
+                                  save_shard, text_key, write_rows)
+from stages.files import write_json
+from stages.params import load_params, require
+
+log = logging.getLogger("featurize")
+DATASET, FEATURES, WORK_DIR = Path("dataset"), Path("features"), Path("tmp/featurize")
+SPLITS = {"train": "train_balanced.csv", "val": "val.csv", "test": "test_balanced.csv"}
+COLUMNS = ["id", "text", "image_path", "label"]
+REQUIRED = ("encoder", "batch_size", "num_workers", "shard_size")
+
+
+def read_split(path: Path, classes: list[str]) -> pd.DataFrame:
+    """Rows with `label` as a class index and `image_path` resolved; errors name file and row."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if missing := [c for c in COLUMNS if c not in frame.columns]:
+        raise ValueError(f"{path}: missing columns {missing} (expected {COLUMNS})")
+    labels = frame["label"].map({name: k for k, name in enumerate(classes)})
+    for bad, problem in ((~frame["id"].str.fullmatch(r"-?\d+"), "id is not an integer"),
+                         (labels.isna(), f"label is not one of {classes}")):
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise ValueError(f"{path} data row {row + 1} (id {frame['id'][row]!r}, "
+                             f"label {frame['label'][row]!r}): {problem}")
+    images = [str(path.parent / p) for p in frame["image_path"]]
+    for row, image in enumerate(images):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"{path} data row {row + 1}: image {image} does not exist")
+    return pd.DataFrame({"id": frame["id"].astype(np.int64), "text": frame["text"],
+                         "image": images, "label": labels.astype(np.int64)})
+
+
+def embed_images(items: Items, todo: list, encoder: Encoder, batch: int, workers: int,
+                 show: bool) -> None:
+    """Embed the pending image shards; workers decode the next batches meanwhile."""
+    batches = [list(span[i:i + batch]) for _, span, _ in todo for i in range(0, len(span), batch)]
+    loader = iter(DataLoader(ImageFiles(items.values, encoder.preprocess), batch_sampler=batches,
+                             num_workers=workers) if batches else [])
+    with tqdm(total=sum(len(s) for _, s, _ in todo), unit="img", disable=not show,
+              desc=f"images ({len(items.values)} distinct)") as bar:
+        for path, span, tag in todo:
+            parts: list[np.ndarray] = []
+            while sum(map(len, parts)) < len(span):
+                parts.append(encoder.encode_images(next(loader)))
+                bar.update(len(parts[-1]))
+            save_shard(path, np.concatenate(parts), tag)
+
+
+def embed_texts(items: Items, todo: list, encoder: Encoder, batch: int, show: bool) -> None:
+    with tqdm(total=sum(len(s) for _, s, _ in todo), unit="text", disable=not show,
+              desc=f"texts ({len(items.values)} distinct)") as bar:
+        for path, span, tag in todo:
+            # Length-sorted batches pad less; the order depends on the shard's content only.
+            order = sorted(span, key=lambda i: len(items.values[i]))
+            out = np.empty((len(span), encoder.text_dim), np.float32)
+            for b in range(0, len(order), batch):
+                ids = order[b:b + batch]
+                out[np.subtract(ids, span.start)] = encoder.encode_text(
+                    [items.values[i] for i in ids])
+                bar.update(len(ids))
+            save_shard(path, out, tag)
+
+
+def embed(frames: dict[str, pd.DataFrame], encoder: Encoder, cfg: dict[str, Any],
+          work_dir: Path, rank: int = 0, world: int = 1) -> tuple[Items, Items]:
+    """Embed this process's share of the distinct texts and images into shard files."""
+    size, batch = int(cfg["shard_size"]), int(cfg["batch_size"])
+    run_key = json.dumps({"fingerprint": encoder.fingerprint(), "batch_size": batch})
+    texts = collect("text", {s: list(f["text"]) for s, f in frames.items()}, text_key)
+    images = collect("image", {s: list(f["image"]) for s, f in frames.items()}, file_key)
+    image_todo, text_todo = (pending_shards(items, size, run_key, work_dir, rank, world)
+                             for items in (images, texts))
+    log.info("process %d/%d: %d of %d image shards and %d of %d text shards to embed",
+             rank + 1, world, len(image_todo), len(images.shards(size)), len(text_todo),
+             len(texts.shards(size)))
+    embed_images(images, image_todo, encoder, batch, int(cfg["num_workers"]), rank == 0)
+    embed_texts(texts, text_todo, encoder, batch, rank == 0)
+    return texts, images
+
+
+def write_features(frames: dict[str, pd.DataFrame], texts: Items, images: Items,
+                   encoder: Encoder, cfg: dict[str, Any], work_dir: Path, out_dir: Path,
+                   classes: list[str]) -> dict[str, Any]:
+    """Each split's file in CSV row order, assembled from the shards; then meta.json."""
+    size, fingerprint = int(cfg["shard_size"]), encoder.fingerprint()
+    text_rows = ShardReader(work_dir, "text", size, encoder.text_dim)
+    image_rows = ShardReader(work_dir, "image", size, encoder.image_dim)
+    for split, frame in frames.items():
+        write_rows(out_dir / f"{split}.safetensors",
+                   {"text": (text_rows, texts.rows[split]),
+                    "image": (image_rows, images.rows[split])},
+                   {"label": frame["label"].to_numpy(), "id": frame["id"].to_numpy()}, size,
+                   {"encoder": encoder.name, "fingerprint": fingerprint})
+    meta = {"encoder": encoder.name, "model": encoder.model,
+            "dims": {"text": encoder.text_dim, "image": encoder.image_dim},
+            "fingerprint": fingerprint, "classes": classes,
+            "rows": {split: len(frame) for split, frame in frames.items()}}
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params()
+    for key in REQUIRED:  # fail before any model loads, naming the key
+        require(params, f"featurize.{key}")
+    cfg = params["featurize"]
+    # cpu=True lets torchrun-style launchers form a gloo process group on CPU-only machines.
+    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cpus or 1) // state.num_processes))
+    classes = json.loads((DATASET / "classes.json").read_text(encoding="utf-8"))
+    frames = {split: read_split(DATASET / name, classes) for split, name in SPLITS.items()}
+    start = time.perf_counter()
+    encoder = load_encoder(cfg, state.device)
+    texts, images = embed(frames, encoder, cfg, WORK_DIR, state.process_index,
+                          state.num_processes)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        meta = write_features(frames, texts, images, encoder, cfg, WORK_DIR, FEATURES, classes)
+        shutil.rmtree(WORK_DIR, ignore_errors=True)
+        print(f"featurize: {encoder.name} ({encoder.model}), dims {meta['dims']}, rows "
+              f"{meta['rows']}, {len(images.values)} distinct images and {len(texts.values)} "
+              f"distinct texts, {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
