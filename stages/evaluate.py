@@ -17,6 +17,7 @@ from sklearn.metrics import (accuracy_score, classification_report, f1_score, lo
                              precision_recall_curve, precision_recall_fscore_support,
                              roc_auc_score)
 
+from stages.csvsafe import read_csv, write_csv
 from stages.files import atomic_path, write_json, write_text
 from stages.model import load_model, predict_proba, read_features
 
@@ -145,7 +146,7 @@ def main() -> None:
     classes = list(meta["classes"])
     test = read_features(Path("features/test.safetensors"), len(classes))
     small_path = Path("dataset/test_balanced_100.csv")
-    small_ids = pd.read_csv(small_path, usecols=["id"])["id"].to_numpy()
+    small_ids = read_csv(small_path)["id"].to_numpy()
     ids = test["id"].numpy()
     missing = np.setdiff1d(small_ids, ids)
     if len(missing):
@@ -160,8 +161,7 @@ def main() -> None:
     results = {s: compute_metrics(y[s], probas[s], classes) for s in SPLITS}
 
     write_json(REPORTS / "metrics.json", results)
-    with atomic_path(REPORTS / "predictions_test.csv") as tmp:
-        predictions_frame(ids, y_all, proba_all, classes).to_csv(tmp, index=False)
+    write_csv(predictions_frame(ids, y_all, proba_all, classes), REPORTS / "predictions_test.csv")
     for name, points in pr_curves(y_all, proba_all, classes).items():
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         write_json(REPORTS / "plots" / "precision_recall" / f"{safe}.json", points)
