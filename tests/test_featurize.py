@@ -144,6 +144,14 @@ def test_each_distinct_text_and_image_is_embedded_once(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out["test"]["text"][1], FakeEncoder().encode_text([""])[0])
 
 
+def test_an_empty_split_gives_empty_matrices(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path)
+    pd.read_csv(dataset / "val.csv").head(0).to_csv(dataset / "val.csv", index=False)
+    out = run_fake(tmp_path, FakeEncoder())
+    assert out["val"]["text"].shape == (0, 4) and out["val"]["image"].shape == (0, 3)
+    assert out["val"]["id"].shape == (0,) and out["train"]["id"].tolist() == [11, 12, 13, 14, 15]
+
+
 def test_a_killed_run_resumes_from_its_complete_shards(tmp_path: Path) -> None:
     make_dataset(tmp_path)
     with pytest.raises(RuntimeError, match="killed"):
