@@ -96,9 +96,11 @@ FEATURE_KEYS = {"text": torch.float32, "image": torch.float32,
                 "label": torch.int64, "id": torch.int64}
 
 
-def read_features(path: Path, n_classes: int | None = None) -> dict[str, torch.Tensor]:
+def read_features(path: Path, n_classes: int | None = None,
+                  dims: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """One split written by featurize (`text`, `image`, `label`, `id`), checked against the
-    contract in docs/DESIGN.md so that a malformed file fails here, naming the problem."""
+    contract in docs/DESIGN.md (and `meta.json`'s class count and dims when given), so that
+    a malformed file fails here, naming the problem."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run the featurize stage first)")
@@ -115,6 +117,9 @@ def read_features(path: Path, n_classes: int | None = None) -> dict[str, torch.T
             raise ValueError(f"{path}: '{key}' has shape {tuple(tensors[key].shape)}; "
                              f"expected {n} rows and {expected_ndim} dimension(s)")
     for key in ("text", "image"):
+        if dims is not None and tensors[key].shape[1] != dims[key]:
+            raise ValueError(f"{path}: '{key}' is {tensors[key].shape[1]}-d but meta.json "
+                             f"says {dims[key]}; re-run featurize")
         if not torch.isfinite(tensors[key]).all():
             bad = int((~torch.isfinite(tensors[key])).any(dim=1).nonzero()[0])
             raise ValueError(f"{path}: '{key}' has NaN/inf values (first at row {bad}, "

@@ -20,6 +20,8 @@ from stages.params import ParamsError, choice, load_params, require
 
 log = logging.getLogger("train")
 WEIGHT_MODES = ("auto", "manual", "none")
+TRAIN_KEYS = ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "epochs", "batch_size",
+              "patience")
 FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
 
 
@@ -132,14 +134,11 @@ def main() -> None:
     params = load_params()
     mode = choice(params, "weights", WEIGHT_MODES)
     modality = choice(params, "modality", MODALITIES)
-    cfg = require(params, "train")
-    for key in ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "epochs",
-                "batch_size", "patience"):
-        require(params, f"train.{key}")
+    cfg = {key: require(params, f"train.{key}") for key in TRAIN_KEYS}
     meta = json.loads((FEATURES / "meta.json").read_text(encoding="utf-8"))
     classes = list(meta["classes"])
-    train = read_features(FEATURES / "train.safetensors", len(classes))
-    val = read_features(FEATURES / "val.safetensors", len(classes))
+    train, val = (read_features(FEATURES / f"{s}.safetensors", len(classes), meta["dims"])
+                  for s in ("train", "val"))
     weights = class_weights(mode, train["label"].numpy(), classes,
                             params.get("manual_weights") if mode == "manual" else None)
     weight_map = {c: round(float(w), 6) for c, w in zip(classes, weights)}

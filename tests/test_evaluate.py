@@ -101,3 +101,12 @@ def test_main_rejects_ids_missing_from_test_features(tmp_path, monkeypatch) -> N
     pd.DataFrame({"id": [999999, known]}).to_csv(ids_csv, index=False)
     with pytest.raises(ValueError, match=r"test_balanced_100.csv: 1 ids not in .*\[999999\]"):
         evaluate.main()
+
+
+def test_main_rejects_features_of_another_encoder(tmp_path, monkeypatch) -> None:
+    _train_on_synthetic(tmp_path, monkeypatch)
+    meta_path = tmp_path / "features" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "fingerprint": "other"}))
+    with pytest.raises(ValueError, match="trained on other features"):
+        evaluate.main()

@@ -107,6 +107,8 @@ def test_read_features_accepts_contract_and_rejects_deviations(tmp_path) -> None
     assert set(read_features(path, 4)) == {"text", "image", "label", "id"}
     with pytest.raises(ValueError, match="labels outside 0..2"):
         read_features(path, 3)
+    with pytest.raises(ValueError, match="'image' is 5-d but meta.json says 6"):
+        read_features(path, 4, {"text": 4, "image": 6})
     cases = {
         "no 'id' tensor": {k: v for k, v in good.items() if k != "id"},
         "'label' is torch.int32": {**good, "label": good["label"].int()},

@@ -1,0 +1,78 @@
+"""Human-readable views of the evaluate stage's metrics: the markdown classification report,
+the matplotlib figures (confusion matrices, per-class F1) and the terminal summary table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import classification_report
+
+from stages.files import atomic_path
+
+
+def markdown_report(results: dict[str, dict], y: dict, pred: dict, classes: list[str],
+                    model_meta: dict[str, Any]) -> str:
+    lines = ["# Classification report", "",
+             f"Model: modality `{model_meta['modality']}`, fusion `{model_meta['fusion']}`, "
+             f"encoder `{model_meta.get('encoder')}`, class weights `{model_meta.get('weights')}` "
+             f"{model_meta.get('class_weights')}, best epoch {model_meta.get('best_epoch')}.", "",
+             "| split | rows | accuracy | macro-F1 | weighted-F1 | ROC-AUC (OvR) | log loss |",
+             "|---|---|---|---|---|---|---|"]
+    for split, m in results.items():
+        auc = "n/a" if m["roc_auc_ovr_macro"] is None else f"{m['roc_auc_ovr_macro']:.4f}"
+        lines.append(f"| {split} | {m['rows']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+                     f"{m['weighted_f1']:.4f} | {auc} | {m['log_loss']:.4f} |")
+    for split in results:
+        text = classification_report(y[split], pred[split], labels=list(range(len(classes))),
+                                     target_names=classes, digits=4, zero_division=0)
+        lines += ["", f"## {split}", "", "```", text.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def save_figures(results: dict[str, dict], y: dict, pred: dict, classes: list[str],
+                 out_dir: Path) -> None:
+    import matplotlib  # heavy import, only needed here
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5.5))
+    for ax, split in zip(np.atleast_1d(axes), results):
+        ConfusionMatrixDisplay.from_predictions(
+            y[split], pred[split], labels=list(range(len(classes))), display_labels=classes,
+            ax=ax, colorbar=False, xticks_rotation=30)
+        ax.set_title(f"{split}: accuracy {results[split]['accuracy']:.3f}")
+    fig.tight_layout()
+    with atomic_path(out_dir / "confusion_matrix.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(results)
+    x = np.arange(len(classes))
+    for k, split in enumerate(results):
+        f1s = [results[split]["per_class"][c]["f1"] for c in classes]
+        bars = ax.bar(x + k * width - 0.4 + width / 2, f1s, width, label=split)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, classes, rotation=15)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("F1")
+    ax.set_title("Per-class F1")
+    ax.legend(loc="upper center", ncol=len(results), frameon=False)
+    fig.tight_layout()
+    with atomic_path(out_dir / "per_class_f1.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def summary_table(results: dict[str, dict], classes: list[str]) -> str:
+    head = f"{'split':<9}{'rows':>6}{'acc':>8}{'macroF1':>9}{'wF1':>8}{'AUC':>8}{'logloss':>9}"
+    head += "".join(f"{('F1 ' + c)[:14]:>15}" for c in classes)
+    rows = [head]
+    for split, m in results.items():
+        auc = float("nan") if m["roc_auc_ovr_macro"] is None else m["roc_auc_ovr_macro"]
+        row = (f"{split:<9}{m['rows']:>6}{m['accuracy']:>8.4f}{m['macro_f1']:>9.4f}"
+               f"{m['weighted_f1']:>8.4f}{auc:>8.4f}{m['log_loss']:>9.4f}")
+        rows.append(row + "".join(f"{m['per_class'][c]['f1']:>15.4f}" for c in classes))
+    return "\n".join(rows)
