@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from stages.files import atomic_path
@@ -89,8 +89,12 @@ def shard_tag(items: Items, span: range, run_key: str) -> str:
 def shard_done(path: Path, tag: str) -> bool:
     if not path.exists():
         return False
-    with safe_open(path, framework="numpy") as fh:
-        return (fh.metadata() or {}).get("tag") == tag
+    try:
+        with safe_open(path, framework="numpy") as fh:
+            return (fh.metadata() or {}).get("tag") == tag
+    except SafetensorError:
+        # Damaged (e.g. a crash before the renamed file's data reached the disk): embed again.
+        return False
 
 
 def save_shard(path: Path, embeddings: np.ndarray, tag: str) -> None:
