@@ -1,6 +1,7 @@
 """Benchmark of the featurize stage's path against a naive one-post-at-a-time loop.
 
-    python bench/featurize.py [--posts 400] [--batch-size 8] [--workers 1] [--no-bf16]
+    python bench/featurize.py [--posts 400] [--batch-size 8] [--text-batch-size 32]
+                              [--workers 1] [--no-bf16]
 
 On N real crisis4 posts (../shared/data/crisis4), one per distinct image (so the image cache
 cannot help), normalised as prepare does (stages/images.py, not timed), with the `offline`
@@ -76,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--text-batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-bf16", action="store_true")
     args = parser.parse_args()
@@ -85,7 +87,8 @@ def main() -> None:
     crisis4 = pd.read_csv(source, dtype=str, keep_default_na=False)
     classes = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    cfg = {"encoder": "offline", "batch_size": args.batch_size, "num_workers": args.workers,
+    cfg = {"encoder": "offline", "batch_size": args.batch_size,
+           "text_batch_size": args.text_batch_size, "num_workers": args.workers,
            "shard_size": 1024, "offline": {"image_size": 224, "bf16": not args.no_bf16}}
     start = time.perf_counter()
     encoder = load_encoder(cfg, torch.device("cpu"))
@@ -112,7 +115,8 @@ def main() -> None:
         assert written["image"].shape == (n, 1280) and np.isfinite(written["image"]).all()
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(f"peak RSS: {self_kb / 1024:.0f} MB (largest DataLoader worker {child_kb / 1024:.0f} MB)")
+    print(f"peak RSS: {self_kb / 1024:.0f} MB "
+          f"(largest DataLoader worker, pages shared with it counted: {child_kb / 1024:.0f} MB)")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -24,6 +24,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from stages import csvsafe
 from stages.encoders import Encoder, ImageFiles, load_encoder
 from stages.feature_store import (Items, ShardReader, collect, file_key, pending_shards,
                                   save_shard, text_key, write_rows)
@@ -34,12 +35,12 @@ log = logging.getLogger("featurize")
 DATASET, FEATURES, WORK_DIR = Path("dataset"), Path("features"), Path("tmp/featurize")
 SPLITS = {"train": "train_balanced.csv", "val": "val.csv", "test": "test_balanced.csv"}
 COLUMNS = ["id", "text", "image_path", "label"]
-REQUIRED = ("encoder", "batch_size", "num_workers", "shard_size")
+REQUIRED = ("encoder", "batch_size", "text_batch_size", "num_workers", "shard_size")
 
 
 def read_split(path: Path, classes: list[str]) -> pd.DataFrame:
     """Rows with `label` as a class index and `image_path` resolved; errors name file and row."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = csvsafe.read_csv(path, int_columns=())  # undoes prepare's formula escapes ('@user)
     if missing := [c for c in COLUMNS if c not in frame.columns]:
         raise ValueError(f"{path}: missing columns {missing} (expected {COLUMNS})")
     labels = frame["label"].map({name: k for k, name in enumerate(classes)})
@@ -91,8 +92,10 @@ def embed_texts(items: Items, todo: list, encoder: Encoder, batch: int, show: bo
 def embed(frames: dict[str, pd.DataFrame], encoder: Encoder, cfg: dict[str, Any],
           work_dir: Path, rank: int = 0, world: int = 1) -> tuple[Items, Items]:
     """Embed this process's share of the distinct texts and images into shard files."""
-    size, batch = int(cfg["shard_size"]), int(cfg["batch_size"])
-    run_key = json.dumps({"fingerprint": encoder.fingerprint(), "batch_size": batch})
+    size, batch, text_batch = (int(cfg[key]) for key in
+                               ("shard_size", "batch_size", "text_batch_size"))
+    # Batch composition can change the last bits of a vector: shards of other sizes don't mix.
+    run_key = json.dumps([encoder.fingerprint(), batch, text_batch])
     texts = collect("text", {s: list(f["text"]) for s, f in frames.items()}, text_key)
     images = collect("image", {s: list(f["image"]) for s, f in frames.items()}, file_key)
     image_todo, text_todo = (pending_shards(items, size, run_key, work_dir, rank, world)
@@ -101,7 +104,7 @@ def embed(frames: dict[str, pd.DataFrame], encoder: Encoder, cfg: dict[str, Any]
              rank + 1, world, len(image_todo), len(images.shards(size)), len(text_todo),
              len(texts.shards(size)))
     embed_images(images, image_todo, encoder, batch, int(cfg["num_workers"]), rank == 0)
-    embed_texts(texts, text_todo, encoder, batch, rank == 0)
+    embed_texts(texts, text_todo, encoder, text_batch, rank == 0)
     return texts, images
 
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from safetensors.numpy import load_file
 
 from stages import featurize
+from stages.csvsafe import write_csv
 from stages.encoders import Encoder
 from stages.feature_store import write_safetensors
 
@@ -90,7 +91,8 @@ def run_fake(root: Path, encoder: Encoder, shard_size: int = 2, ranks: tuple = (
              num_workers: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Run the stage's core with `encoder`, each (rank, world) in turn, then assemble."""
     frames = {s: featurize.read_split(root / "dataset" / f, CLASSES) for s, f in FILES.items()}
-    cfg = {"batch_size": 2, "num_workers": num_workers, "shard_size": shard_size}
+    cfg = {"batch_size": 2, "text_batch_size": 3, "num_workers": num_workers,
+           "shard_size": shard_size}
     for rank, world in ranks:
         texts, images = featurize.embed(frames, encoder, cfg, root / "work", rank, world)
     featurize.write_features(frames, texts, images, encoder, cfg, root / "work",
@@ -142,6 +144,17 @@ def test_each_distinct_text_and_image_is_embedded_once(tmp_path: Path) -> None:
     assert out["test"]["image"].shape == (2, 3) and out["test"]["text"].shape == (2, 4)
     np.testing.assert_array_equal(out["val"]["image"][0], out["train"]["image"][3])
     np.testing.assert_array_equal(out["test"]["text"][1], FakeEncoder().encode_text([""])[0])
+
+
+def test_formula_escaped_cells_are_read_back_as_written(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path)
+    frame = pd.read_csv(dataset / "test_balanced.csv", dtype=str, keep_default_na=False)
+    frame.loc[0, "text"] = '=HYPERLINK("x")'
+    write_csv(frame, dataset / "test_balanced.csv")  # as prepare writes it: '=HYPERLINK...
+    assert "'=HYPERLINK" in (dataset / "test_balanced.csv").read_text()
+    out = run_fake(tmp_path, FakeEncoder())
+    np.testing.assert_array_equal(out["test"]["text"][0],
+                                  FakeEncoder().encode_text(['=HYPERLINK("x")'])[0])
 
 
 def test_an_empty_split_gives_empty_matrices(tmp_path: Path) -> None:
@@ -222,6 +235,7 @@ def test_dvc_stage_reads_only_featurize_params_and_its_inputs() -> None:
     stage = featurize_stage()
     assert stage["params"] == ["featurize"]
     assert {"stages/featurize.py", "stages/encoders", "stages/feature_store.py",
+            "stages/csvsafe.py",
             "dataset/classes.json", "dataset/images_train", "dataset/images_test"} | {
         f"dataset/{name}" for name in FILES.values()} == set(stage["deps"])
     assert stage["outs"] == ["features"]
