@@ -1,0 +1,140 @@
+"""predict: classify new posts with the trained model, through the prepare stage's own text and
+image functions and the encoder the model was trained with.
+
+  python -m stages.predict --text "Family trapped on a roof, send a boat" [--image photo.jpg]
+  python -m stages.predict --csv posts.csv --out predictions.csv   # columns text,image_path[,label]
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from argparse import ArgumentParser, RawDescriptionHelpFormatter
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score
+
+from stages import csvsafe
+from stages.encoders import Encoder, EncoderError, load_encoder
+from stages.feature_store import ShardReader
+from stages.featurize import embed
+from stages.images import ImageStore
+from stages.model import META_FILE, FusionMLP, load_model, predict_proba
+from stages.params import ParamsError, load_params, require
+from stages.prepare import settings
+from stages.text import clean_text
+
+log = logging.getLogger("predict")
+
+
+class PredictError(ValueError):
+    """No trained model, an encoder other than the model's, or an unusable input file."""
+
+
+def load_predictor(params: dict[str, Any], model_dir: Path
+                   ) -> tuple[FusionMLP, dict[str, Any], Encoder]:
+    """The trained model, its model.json, and the encoder it was trained with."""
+    meta_path = model_dir / META_FILE
+    if not meta_path.is_file():
+        raise PredictError(f"{meta_path} not found: no trained model; run `dvc repro` in the "
+                           "repository root first (or point --model-dir at a trained model)")
+    module, meta = load_model(model_dir)
+    cfg, trained = require(params, "featurize"), (meta.get("encoder"), meta.get("fingerprint"))
+    # Another backend is refused before it loads; the same one is built to compare fingerprints.
+    encoder = load_encoder(cfg) if cfg.get("encoder") == trained[0] else None
+    built = (encoder.name, encoder.fingerprint()) if encoder else (cfg.get("encoder"), "-")
+    if built != trained:
+        raise PredictError(f"encoder mismatch: {meta_path} was trained with {trained[0]!r} "
+                           f"(fingerprint {str(trained[1])[:12]}), params.yaml's featurize block "
+                           f"gives {built[0]!r} (fingerprint {built[1][:12]}); restore those "
+                           "settings or retrain with `dvc repro`")
+    return module, meta, encoder
+
+
+def classify(posts: pd.DataFrame, image_root: Path, module: FusionMLP, encoder: Encoder,
+             params: dict[str, Any], classes: list[str]) -> pd.DataFrame:
+    """`posts` + image_status, predicted, prob_<class>: each text and image (under image_root)
+    cleaned and stored as prepare does (white dummy if unusable), embedded as featurize does."""
+    (_, prep), cfg = settings(params), params["featurize"]
+    with tempfile.TemporaryDirectory(prefix="crisis-mm-predict-") as work:
+        store = ImageStore(Path(work) / "images", prep["max_side"], prep["dummy_size"])
+        stored = [store.get([path], image_root) for path in posts["image_path"]]
+        frame = pd.DataFrame({"text": [clean_text(t, prep["strip_urls"]) for t in posts["text"]],
+                              "image": [f"{store.staging}/{s.digest}.jpg" for s in stored]})
+        shards, size = Path(work) / "shards", int(cfg["shard_size"])
+        texts, images = embed({"posts": frame}, encoder, cfg, shards)
+        text = ShardReader(shards, "text", size, encoder.text_dim).rows(texts.rows["posts"])
+        image = ShardReader(shards, "image", size, encoder.image_dim).rows(images.rows["posts"])
+    proba = predict_proba(module, text, image)
+    out = posts.copy()
+    out["image_status"] = [f"white_dummy:{s.problem}" if s.problem else "ok" for s in stored]
+    out["predicted"] = [classes[k] for k in proba.argmax(axis=1)]
+    for k, name in enumerate(classes):
+        out[f"prob_{name}"] = proba[:, k].round(6)
+    return out
+
+
+def read_posts(path: Path) -> pd.DataFrame:
+    try:  # csvsafe: a CSV this project wrote (dataset/*.csv) reads back exactly
+        posts = csvsafe.read_csv(path, int_columns=())
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise PredictError(f"{path}: cannot read it as a UTF-8 CSV ({exc})") from exc
+    if missing := [c for c in ("text", "image_path") if c not in posts.columns]:
+        raise PredictError(f"{path}: no column {missing} (has {list(posts.columns)})")
+    return posts
+
+
+def report_csv(result: pd.DataFrame, classes: list[str], out: Path) -> None:
+    counts, dummies = Counter(result["predicted"]), Counter(result["image_status"])
+    dummy = len(result) - dummies.pop("ok", 0)
+    note = f"; {dummy} with no usable image got prepare's white dummy: {dict(dummies)}"
+    print(f"predict: {len(result)} posts -> {out}; predicted {dict(counts)}{note if dummy else ''}")
+    known = result[result["label"].isin(classes)] if "label" in result else result[:0]
+    if "label" in result and len(known) < len(result):
+        log.warning("%d rows have a label not in %s: not scored", len(result) - len(known), classes)
+    if len(known):
+        f1 = f1_score(known["label"], known["predicted"], labels=classes, average="macro",
+                      zero_division=0)
+        print(f"predict: against the label column ({len(known)} rows): accuracy "
+              f"{accuracy_score(known['label'], known['predicted']):.4f}, macro-F1 {f1:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", help="one post's text")
+    given.add_argument("--csv", type=Path, help="posts to classify: text,image_path[,label]")
+    parser.add_argument("--image", type=Path, help="the --text post's image (default: none)")
+    parser.add_argument("--out", type=Path, help="where --csv writes its predictions")
+    parser.add_argument("--image-root", type=Path, help="root of image_path (default: CSV's)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model-dir", type=Path, default=Path("models"))
+    args = parser.parse_args(argv)
+    if (args.csv is None) != (args.out is None) or (args.image if args.csv else args.image_root):
+        parser.error("--csv needs --out and may take --image-root; --text may take --image")
+    try:
+        params = load_params(args.params)
+        if args.csv:
+            posts, root = read_posts(args.csv), args.image_root or args.csv.parent
+        else:  # the image's own folder is its root: any file the user names may be read
+            path = args.image.resolve() if args.image else None
+            name, root = (path.name, path.parent) if path else ("", Path.cwd())
+            posts = pd.DataFrame({"text": [args.text], "image_path": [name]})
+        module, meta, encoder = load_predictor(params, args.model_dir)
+        result = classify(posts, root, module, encoder, params, list(meta["classes"]))
+    except (PredictError, ParamsError, EncoderError, FileNotFoundError) as exc:
+        raise SystemExit(f"predict: error: {exc}") from None
+    if args.csv:
+        csvsafe.write_csv(result, args.out)
+        return report_csv(result, list(meta["classes"]), args.out)
+    print(f"predicted: {result['predicted'][0]}",
+          *(f"  {name:<16}{result[f'prob_{name}'][0]:.4f}" for name in meta["classes"]), sep="\n")
+    status = result["image_status"][0]
+    print(f"image: {status}" + ("" if status == "ok" else " (no usable image: prepare's dummy)"))
+
+
+if __name__ == "__main__":
+    main()
