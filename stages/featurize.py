@@ -64,7 +64,8 @@ def embed_images(items: Items, todo: list, encoder: Encoder, batch: int, workers
     batches = [list(span[i:i + batch]) for _, span, _ in todo for i in range(0, len(span), batch)]
     loader = iter(DataLoader(ImageFiles(items.values, encoder.preprocess), batch_sampler=batches,
                              num_workers=workers) if batches else [])
-    with tqdm(total=sum(len(s) for _, s, _ in todo), unit="img", disable=not show,
+    # disable=None: a bar on a terminal, nothing in logs; only one process draws it.
+    with tqdm(total=sum(len(s) for _, s, _ in todo), unit="img", disable=None if show else True,
               desc=f"images ({len(items.values)} distinct)") as bar:
         for path, span, tag in todo:
             parts: list[np.ndarray] = []
@@ -75,7 +76,7 @@ def embed_images(items: Items, todo: list, encoder: Encoder, batch: int, workers
 
 
 def embed_texts(items: Items, todo: list, encoder: Encoder, batch: int, show: bool) -> None:
-    with tqdm(total=sum(len(s) for _, s, _ in todo), unit="text", disable=not show,
+    with tqdm(total=sum(len(s) for _, s, _ in todo), unit="text", disable=None if show else True,
               desc=f"texts ({len(items.values)} distinct)") as bar:
         for path, span, tag in todo:
             # Length-sorted batches pad less; the order depends on the shard's content only.
