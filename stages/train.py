@@ -20,8 +20,8 @@ from stages.params import ParamsError, choice, load_params, require
 
 log = logging.getLogger("train")
 WEIGHT_MODES = ("auto", "manual", "none")
-TRAIN_KEYS = ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "epochs", "batch_size",
-              "patience")
+TRAIN_KEYS = ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "label_smoothing",
+              "epochs", "batch_size", "patience")
 FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
 
 
@@ -87,7 +87,8 @@ def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
         generator=torch.Generator().manual_seed(int(cfg["seed"])))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     criterion = torch.nn.CrossEntropyLoss(
-        weight=torch.as_tensor(weights, dtype=torch.float32, device=accelerator.device))
+        weight=torch.as_tensor(weights, dtype=torch.float32, device=accelerator.device),
+        label_smoothing=float(cfg["label_smoothing"]))
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"macro_f1": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
@@ -167,7 +168,7 @@ def main() -> None:
         "dropout": module.config["dropout"], "weights": mode, "class_weights": weight_map,
         "standardisation": {"source": "train split", "rows": len(train["label"]),
                             "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")]},
-        "seed": int(cfg["seed"]), **info})
+        "seed": int(cfg["seed"]), "label_smoothing": float(cfg["label_smoothing"]), **info})
     log.info("best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f", info["best_epoch"],
              info["epochs_run"], info["best_val_macro_f1"], info["best_val_accuracy"])
 

@@ -62,8 +62,8 @@ def _train_on_synthetic(root, monkeypatch) -> None:
     write_features(root, {"train": 20, "val": 6, "test": [9, 8, 7, 6]}, separation=0.6)
     params = {"weights": "auto", "modality": "both", "manual_weights": {},
               "train": {"seed": 3, "fusion": "concat", "hidden": [16, 8], "dropout": 0.1,
-                        "lr": 0.003, "weight_decay": 0.0, "epochs": 5, "batch_size": 16,
-                        "patience": 5}}
+                        "lr": 0.003, "weight_decay": 0.0, "label_smoothing": 0.1, "epochs": 5,
+                        "batch_size": 16, "patience": 5}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     monkeypatch.chdir(root)
     train.main()

@@ -16,7 +16,8 @@ from stages.params import ParamsError
 from synthetic_features import CLASSES, make_split, write_features
 
 CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.003,
-       "weight_decay": 0.0001, "epochs": 40, "batch_size": 16, "patience": 40}
+       "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 40, "batch_size": 16,
+       "patience": 40}
 
 
 def test_auto_weights_are_inverse_frequency() -> None:
