@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-# Backend name -> module in this package; each module defines `load(params, device) -> Encoder`.
+# Backend name -> module in this package, which defines `load(name, params, device) -> Encoder`.
 BACKENDS = {"offline": "offline", "blip2": "blip2", "clip": "clip", "siglip": "clip"}
 
 
