@@ -1,7 +1,7 @@
 """Benchmark of the featurize stage's path against a naive one-post-at-a-time loop.
 
     python bench/featurize.py [--posts 400] [--batch-size 8] [--text-batch-size 32]
-                              [--workers 1] [--no-bf16]
+                              [--workers 1] [--no-bf16] [--threads N]
 
 On N real crisis4 posts (../shared/data/crisis4), one per distinct image (so the image cache
 cannot help), normalised as prepare does (stages/images.py, not timed), with the `offline`
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from safetensors.numpy import load_file
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages import featurize  # noqa: E402
+from stages import featurize  # noqa: E402  (first: it sets OMP_WAIT_POLICY before torch loads)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
 from stages.encoders import load_encoder, load_rgb  # noqa: E402
 from stages.images import encode_jpeg, load_image  # noqa: E402
 
@@ -86,13 +86,15 @@ def main() -> None:
     parser.add_argument("--text-batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads (the stage uses the CPU count)")
     args = parser.parse_args()
     source = SHARED / "crisis4" / "crisis4.csv"
     if not source.is_file():
         raise SystemExit(f"{source} is absent: this benchmark needs ../shared/data")
     crisis4 = pd.read_csv(source, dtype=str, keep_default_na=False)
     classes = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
     cfg = {"encoder": "offline", "batch_size": args.batch_size,
            "text_batch_size": args.text_batch_size, "num_workers": args.workers,
            "shard_size": 1024, "offline": {"image_size": 224, "bf16": not args.no_bf16}}
