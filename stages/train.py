@@ -5,10 +5,17 @@ Reads `weights`, `manual_weights`, `modality`, `train.*` and `features/`; writes
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
+
+# Idle OpenMP threads sleep instead of spinning (read when torch loads its OpenMP runtime): on
+# a busy machine spinning threads starve each other (an MLP step at load 10 on 2 cores: 176 ms
+# spinning, 7 ms passive); on an idle one it costs little.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -23,6 +30,9 @@ WEIGHT_MODES = ("auto", "manual", "none")
 TRAIN_KEYS = ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "label_smoothing",
               "epochs", "batch_size", "patience")
 FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
+# Without cpu=True, `accelerate launch --multi_gpu` (torchrun) on a CPU-only machine starts N
+# independent trainings instead of one gloo process group.
+CPU_ONLY = not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def class_weights(mode: str, labels: np.ndarray, classes: list[str],
@@ -70,12 +80,13 @@ def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
     """Train with `accelerate`; keep the epoch with the best validation macro-F1 (ties: lower
     validation loss); stop after `patience` epochs without improvement."""
     from accelerate import Accelerator  # heavy import: only where training happens
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, set_seed
 
     if len(val["label"]) == 0:
         raise ValueError("validation split is empty: early stopping needs validation rows")
     set_seed(int(cfg["seed"]))
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=CPU_ONLY)
+    log.info("training on %s, %d processes", accelerator.device, accelerator.num_processes)
     dims = {k: int(train[k].shape[1]) for k in ("text", "image")}
     model = FusionMLP(dims, n_classes, modality, cfg["fusion"], cfg["hidden"], cfg["dropout"])
     model.set_standardisation(train)
@@ -103,7 +114,11 @@ def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
             optimizer.step()
             total += loss.item() * len(label)
             seen += len(label)
-        val_metrics = _evaluate(model, criterion, val, accelerator.device, n_classes)
+        # Under DDP each process saw its own share of the batches: the loss is over all of them.
+        total, seen = accelerator.reduce(torch.tensor([total, seen], dtype=torch.float64,
+                                                      device=accelerator.device), "sum").tolist()
+        val_metrics = _evaluate(accelerator.unwrap_model(model), criterion, val,
+                                accelerator.device, n_classes)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1),
                **{f"val_{k}": v for k, v in val_metrics.items()}}
         history.append(row)
@@ -112,6 +127,9 @@ def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
         improved = val_metrics["macro_f1"] > best["macro_f1"] + 1e-9 or (
             abs(val_metrics["macro_f1"] - best["macro_f1"]) <= 1e-9
             and val_metrics["loss"] < best["loss"])
+        # The weights are identical on every process; rank 0's decision makes sure they all
+        # stop at the same epoch (a rank leaving early would hang the others' all-reduce).
+        improved = broadcast_object_list([improved])[0]
         if improved:
             state = accelerator.unwrap_model(model).state_dict()
             best = {**val_metrics, "epoch": epoch,
@@ -146,10 +164,14 @@ def main() -> None:
     log.info("%d train / %d val rows, modality=%s, class weights (%s): %s",
              len(train["label"]), len(val["label"]), modality, mode, weight_map)
 
-    from dvclive import Live  # heavy import: only for the stage run, not for library use
+    from accelerate import PartialState  # heavy imports: only for the stage run
+    from dvclive import Live
 
+    # Under `accelerate launch` every process trains; only the main one writes outputs.
+    writer = PartialState(cpu=CPU_ONLY).is_main_process
     # dvcyaml=None: our dvc.yaml declares the plots; `dvc exp run` records the experiment.
-    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) as live:
+    with (Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if writer
+          else contextlib.nullcontext()) as live:
         def on_epoch(row: dict[str, float]) -> None:
             live.step = int(row["epoch"])  # plots' x axis = epoch number, as in model.json
             live.log_metric("train/loss", row["train_loss"])
@@ -158,9 +180,11 @@ def main() -> None:
             live.sync()
 
         module, history, info = train_model(train, val, len(classes), modality, cfg, weights,
-                                            on_epoch)
-        for key in ("best_epoch", "best_val_macro_f1", "best_val_accuracy"):
+                                            on_epoch if writer else None)
+        for key in ("best_epoch", "best_val_macro_f1", "best_val_accuracy") if writer else ():
             live.log_metric(f"best/{key.removeprefix('best_')}", info[key], plot=False)
+    if not writer:
+        return
     save_model(MODELS, module, {
         "classes": classes, "encoder": meta.get("encoder"), "encoder_model": meta.get("model"),
         "fingerprint": meta.get("fingerprint"), "modality": modality, "fusion": module.fusion,
