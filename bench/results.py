@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -105,6 +105,10 @@ def set_dotted(params: dict[str, Any], assignment: str) -> None:
 def run_stage(work: Path, stage: str) -> float:
     start = time.perf_counter()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(work)}
+    if stage in ("train", "evaluate"):
+        # A small MLP gains nothing from a second intra-op thread, and on a shared, loaded
+        # machine torch's spinning threads made an epoch several times slower.
+        env |= {"OMP_NUM_THREADS": os.environ.get("TRAIN_THREADS", "1")}
     done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env,
                           capture_output=True, text=True)
     if done.returncode:
@@ -142,7 +146,8 @@ def probe(work: Path, modality: str) -> dict[str, float]:
 
 
 def run_dataset(name: str, work_root: Path, combos: str, overrides: list[str],
-                reuse: bool, seed_shards: Path | None = None) -> dict[str, Any]:
+                reuse: bool, seed_shards: Path | None = None,
+                save: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
     spec = DATASETS[name]
     base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params = merge(base, spec["params"])
@@ -189,6 +194,7 @@ def run_dataset(name: str, work_root: Path, combos: str, overrides: list[str],
                "per_class_f1": {c: v["f1"] for c, v in metrics["per_class"].items()},
                "load": round(os.getloadavg()[0], 2)}
         out["runs"].append(run)
+        save(out)
         print(f"{name} modality={modality:5} weights={weights:6} acc {run['accuracy']:.4f} "
               f"macro-F1 {run['macro_f1']:.4f} (val {run['val_macro_f1']:.4f}, best epoch "
               f"{run['best_epoch']}) {seconds:.0f}s load {run['load']}", flush=True)
@@ -220,12 +226,14 @@ def main() -> None:
     machine = {"cores": len(os.sched_getaffinity(0)), "cpu": _cpu_model()}
     for name in args.datasets:
         key = f"{name}[{args.tag}]" if args.tag else name
-        results[key] = run_dataset(name, args.work, args.combos, args.overrides, args.reuse,
-                                   args.seed_shards)
-        results[key]["machine"] = machine
-        results[key]["command"] = " ".join(["python", "bench/results.py", *sys.argv[1:]])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        def save(figures: dict[str, Any]) -> None:
+            results[key] = figures | {"machine": machine, "command": " ".join(
+                ["python", "bench/results.py", *sys.argv[1:]])}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+        save(run_dataset(name, args.work, args.combos, args.overrides, args.reuse,
+                         args.seed_shards, save))
 
 
 def _cpu_model() -> str:
