@@ -181,8 +181,11 @@ def main() -> None:
 
         module, history, info = train_model(train, val, len(classes), modality, cfg, weights,
                                             on_epoch if writer else None)
-        for key in ("best_epoch", "best_val_macro_f1", "best_val_accuracy") if writer else ():
-            live.log_metric(f"best/{key.removeprefix('best_')}", info[key], plot=False)
+        if writer:  # the summary (a DVC metric) describes the kept epoch, not the last one
+            best = history[info["best_epoch"] - 1]
+            live.summary = {"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+                            "train": {"loss": best["train_loss"]},
+                            "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")}}
     if not writer:
         return
     save_model(MODELS, module, {

@@ -145,7 +145,9 @@ def test_main_writes_model_and_dvclive_logs(tmp_path, monkeypatch) -> None:
     val_f1 = pd.read_csv(logs / "plots" / "metrics" / "val" / "macro_f1.tsv", sep="\t")
     assert val_f1["step"].tolist() == list(range(1, meta["epochs_run"] + 1))
     summary = json.loads((logs / "metrics.json").read_text())
-    assert summary["best"]["epoch"] == meta["best_epoch"]
+    assert summary["best_epoch"] == meta["best_epoch"]
+    assert summary["val"]["macro_f1"] == meta["best_val_macro_f1"]
+    assert summary["val"]["macro_f1"] == val_f1["macro_f1"][meta["best_epoch"] - 1]
     assert not (tmp_path / "dvc.yaml").exists()  # dvclive must leave the pipeline file alone
 
 
