@@ -57,9 +57,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--threads", type=int,
+                        help="OMP_NUM_THREADS for every stage (default: torch's own choice)")
     args = parser.parse_args()
     env = os.environ | {"HF_HUB_OFFLINE": "1",
                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout.strip()
     print(f"clones of {REPO} at {head}; load before {os.getloadavg()}", flush=True)
