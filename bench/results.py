@@ -185,12 +185,15 @@ def run_dataset(name: str, work_root: Path, combos: str, overrides: list[str],
     for modality, weights in spec[combos]:
         write_params(modality, weights)
         seconds = run_stage(work, "train") + run_stage(work, "evaluate")
-        metrics = json.loads((work / "reports" / "metrics.json").read_text())["test"]
+        both = json.loads((work / "reports" / "metrics.json").read_text())
+        metrics, small = both["test"], both["test_100"]
         model = json.loads((work / "models" / "model.json").read_text())
         run = {"modality": modality, "weights": weights, "seconds": round(seconds, 1),
                "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                "roc_auc": metrics["roc_auc_ovr_macro"], "test_rows": metrics["rows"],
                "best_epoch": model["best_epoch"], "val_macro_f1": model["best_val_macro_f1"],
+               "test_100": {"rows": small["rows"], "accuracy": small["accuracy"],
+                            "macro_f1": small["macro_f1"]},
                "per_class_f1": {c: v["f1"] for c, v in metrics["per_class"].items()},
                "load": round(os.getloadavg()[0], 2)}
         out["runs"].append(run)
