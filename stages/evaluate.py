@@ -38,7 +38,9 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
     if absent:
         log.warning("ROC-AUC (one-vs-rest) undefined: no rows of %s", absent)
     else:
-        auc = float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
+        # Two classes (fake/real): scikit-learn wants the positive class's score alone.
+        score = proba[:, 1] if len(classes) == 2 else proba
+        auc = float(roc_auc_score(y_true, score, multi_class="ovr", average="macro",
                                   labels=labels))
     return {
         "rows": int(len(y_true)),

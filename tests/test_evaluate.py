@@ -49,6 +49,14 @@ def test_class_absent_from_split_gives_no_auc_but_other_metrics() -> None:
     assert np.isfinite(m["log_loss"])
 
 
+def test_two_classes_get_a_binary_auc() -> None:
+    y = np.array([0, 1, 1, 0, 1])
+    proba = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1], [0.2, 0.8]])
+    metrics = evaluate.compute_metrics(y, proba, ["fake", "real"])
+    assert metrics["roc_auc_ovr_macro"] == pytest.approx(roc_auc_score(y, proba[:, 1]))
+    assert metrics["accuracy"] == pytest.approx(0.8)
+
+
 def test_pr_curves_and_prediction_rows() -> None:
     curves = evaluate.pr_curves(Y, PROBA, CLASSES)
     assert set(curves) == set(CLASSES)
