@@ -58,7 +58,11 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_then_nothing(clone: Path) -> None:
     first = run(["dvc", "repro"], clone)
-    assert stages_run(first) == {"prepare", "featurize", "train", "evaluate"}
+    # The cached outputs (dataset, features, models) are not in git, so their stages must run.
+    # evaluate's outputs are committed (cache: false); when the rerun model is byte-identical
+    # to the committed one, as a deterministic pipeline gives, DVC rightly skips evaluate.
+    assert {"prepare", "featurize", "train"} <= stages_run(first), first
+    assert "evaluate" in stages_run(first) or "Stage 'evaluate' didn't change" in first, first
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     again = run(["dvc", "repro"], clone)
