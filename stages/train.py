@@ -61,6 +61,30 @@ def class_weights(mode: str, labels: np.ndarray, classes: list[str],
     raise ParamsError(f"params.yaml: weights={mode!r} is not one of {', '.join(WEIGHT_MODES)}")
 
 
+class WeightedSmoothedCE(torch.nn.Module):
+    """Cross-entropy with label smoothing where each row counts with the weight of its own
+    class (weighted mean, as `nn.CrossEntropyLoss(weight=...)`; equal to it at smoothing 0).
+
+    torch's built-in combination weights the smoothing term of every row by *every* class's
+    weight, so a rare class with weight ~100 (weights=auto on crisis4) pulls all rows towards
+    itself and the model predicts nothing else.
+    """
+
+    def __init__(self, weight: torch.Tensor, smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {smoothing}")
+        self.register_buffer("weight", weight)
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(logits, dim=1)
+        per_row = -log_p.gather(1, target[:, None]).squeeze(1) * (1.0 - self.smoothing)
+        per_row = per_row - log_p.mean(dim=1) * self.smoothing
+        w = self.weight[target]
+        return (w * per_row).sum() / w.sum()
+
+
 def _evaluate(model: torch.nn.Module, criterion: torch.nn.Module, data: dict[str, torch.Tensor],
               device: torch.device, n_classes: int) -> dict[str, float]:
     model.eval()
@@ -97,9 +121,9 @@ def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
         batch_size=int(cfg["batch_size"]), shuffle=True,
         generator=torch.Generator().manual_seed(int(cfg["seed"])))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    criterion = torch.nn.CrossEntropyLoss(
-        weight=torch.as_tensor(weights, dtype=torch.float32, device=accelerator.device),
-        label_smoothing=float(cfg["label_smoothing"]))
+    criterion = WeightedSmoothedCE(
+        torch.as_tensor(weights, dtype=torch.float32, device=accelerator.device),
+        float(cfg["label_smoothing"]))
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"macro_f1": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
