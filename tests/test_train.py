@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stages import train
+from stages import loss, train
 from stages.model import load_model, predict_proba
 from stages.params import ParamsError
 from synthetic_features import CLASSES, make_split, write_features
@@ -23,21 +23,21 @@ CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 
 def test_auto_weights_are_inverse_frequency() -> None:
     labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 1)
     # balanced: n_samples / (n_classes * count) = 12 / (4 * count)
-    np.testing.assert_allclose(train.class_weights("auto", labels, CLASSES),
+    np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES),
                                [0.5, 1.0, 1.5, 3.0])
 
 
 def test_auto_weights_need_every_class() -> None:
     with pytest.raises(ValueError, match=r"no training rows for \['irrelevant'\]"):
-        train.class_weights("auto", np.array([0, 1, 2, 2]), CLASSES)
+        loss.class_weights("auto", np.array([0, 1, 2, 2]), CLASSES)
 
 
 def test_manual_and_none_weights() -> None:
     manual = {"irrelevant": 0.5, "urgent_help": 4, "relief_info": 1.0, "misinformation": 2.0}
     labels = np.array([0, 1, 2, 3, 3])
-    np.testing.assert_array_equal(train.class_weights("manual", labels, CLASSES, manual),
+    np.testing.assert_array_equal(loss.class_weights("manual", labels, CLASSES, manual),
                                   [4.0, 1.0, 2.0, 0.5])
-    np.testing.assert_array_equal(train.class_weights("none", labels, CLASSES), [1, 1, 1, 1])
+    np.testing.assert_array_equal(loss.class_weights("none", labels, CLASSES), [1, 1, 1, 1])
 
 
 @pytest.mark.parametrize("manual,message", [
@@ -51,12 +51,12 @@ def test_manual_and_none_weights() -> None:
 ])
 def test_manual_weights_errors_name_the_problem(manual, message) -> None:
     with pytest.raises(ParamsError, match=message):
-        train.class_weights("manual", np.array([0, 1, 2, 3]), CLASSES, manual)
+        loss.class_weights("manual", np.array([0, 1, 2, 3]), CLASSES, manual)
 
 
 def test_unknown_weights_mode() -> None:
     with pytest.raises(ParamsError, match="weights='balanced'"):
-        train.class_weights("balanced", np.array([0, 1]), CLASSES)
+        loss.class_weights("balanced", np.array([0, 1]), CLASSES)
 
 
 def test_loss_equals_torch_without_smoothing_and_ignores_absent_classes_with_it() -> None:
@@ -64,16 +64,16 @@ def test_loss_equals_torch_without_smoothing_and_ignores_absent_classes_with_it(
     logits, target = torch.randn(9, 4, generator=g), torch.tensor([1, 1, 2, 3, 0, 2, 2, 1, 3])
     weight = torch.tensor([3.0, 1.0, 0.5, 2.0])
     expected = torch.nn.CrossEntropyLoss(weight=weight)(logits, target)
-    assert torch.allclose(train.WeightedSmoothedCE(weight, 0.0)(logits, target), expected)
+    assert torch.allclose(loss.WeightedSmoothedCE(weight, 0.0)(logits, target), expected)
     # Smoothing: each row counts with its own class's weight only, so the weight of a class
     # absent from the batch changes nothing (torch's built-in version does change).
     rows = target != 0
-    low, high = (train.WeightedSmoothedCE(torch.tensor([w, 1.0, 0.5, 2.0]), 0.1)(
+    low, high = (loss.WeightedSmoothedCE(torch.tensor([w, 1.0, 0.5, 2.0]), 0.1)(
         logits[rows], target[rows]) for w in (1.0, 100.0))
     assert torch.allclose(low, high)
     smooth = (1 - 0.1) * torch.nn.functional.cross_entropy(logits, target, reduction="none") \
         - 0.1 * torch.log_softmax(logits, 1).mean(1)
-    assert torch.allclose(train.WeightedSmoothedCE(torch.ones(4), 0.1)(logits, target),
+    assert torch.allclose(loss.WeightedSmoothedCE(torch.ones(4), 0.1)(logits, target),
                           smooth.mean())
 
 
@@ -81,7 +81,7 @@ def test_rare_class_with_huge_auto_weight_does_not_take_over() -> None:
     # As on crisis4 (21 urgent_help rows of 8,086): torch's built-in smoothed weighted loss
     # predicts urgent_help for 95% of these validation rows (accuracy 0.30).
     tr, val = make_split([2, 100, 100, 100], seed=1, separation=1.0), make_split(10, seed=2)
-    weights = train.class_weights("auto", tr["label"].numpy(), CLASSES)
+    weights = loss.class_weights("auto", tr["label"].numpy(), CLASSES)
     assert weights[0] == pytest.approx(302 / 8)
     cfg = {**CFG, "label_smoothing": 0.1, "epochs": 20, "batch_size": 32}
     module, _, _ = train.train_model(tr, val, 4, "both", cfg, weights)
