@@ -141,7 +141,8 @@ def main() -> None:
     from dvclive import Live
 
     # Under `accelerate launch` every process trains; only the main one writes outputs.
-    writer = PartialState(cpu=CPU_ONLY).is_main_process
+    state = PartialState(cpu=CPU_ONLY)
+    writer = state.is_main_process
     # dvcyaml=None: our dvc.yaml declares the plots; `dvc exp run` records the experiment.
     with (Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if writer
           else contextlib.nullcontext()) as live:
@@ -159,14 +160,23 @@ def main() -> None:
             live.summary = {"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
                             "train": {"loss": best["train_loss"]},
                             "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")}}
-    if not writer:
-        return
+    if writer:
+        _save(module, meta, classes, modality, mode, weight_map, cfg, len(train["label"]), info)
+    # Every rank waits for the writer, then leaves the process group: a rank that exits with
+    # the group still open can abort in gloo's teardown and fail the whole launch.
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
+def _save(module: Any, meta: dict[str, Any], classes: list[str], modality: str, mode: str,
+          weight_map: dict[str, float], cfg: dict[str, Any], rows: int,
+          info: dict[str, Any]) -> None:
     save_model(MODELS, module, {
         "classes": classes, "encoder": meta.get("encoder"), "encoder_model": meta.get("model"),
         "fingerprint": meta.get("fingerprint"), "modality": modality, "fusion": module.fusion,
         "dims": module.config["dims"], "hidden": module.config["hidden"],
         "dropout": module.config["dropout"], "weights": mode, "class_weights": weight_map,
-        "standardisation": {"source": "train split", "rows": len(train["label"]),
+        "standardisation": {"source": "train split", "rows": rows,
                             "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")]},
         "seed": int(cfg["seed"]), "label_smoothing": float(cfg["label_smoothing"]), **info})
     log.info("best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f", info["best_epoch"],
