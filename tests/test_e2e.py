@@ -69,7 +69,8 @@ def test_repro_runs_every_stage_then_nothing(clone: Path) -> None:
     assert stages_run(again) == set(), again
     # What a user does next: commit the baseline so experiments and diffs have a reference.
     run(["git", "add", "-A"], clone)
-    run(["git", "commit", "-qm", "baseline run"], clone)
+    # --allow-empty: a deterministic rerun can reproduce the committed outputs byte for byte.
+    run(["git", "commit", "--allow-empty", "-qm", "baseline run"], clone)
 
 
 def test_remote_push_then_fresh_clone_pulls_without_recomputing(clone: Path, tmp_path: Path) -> None:
