@@ -118,6 +118,9 @@ def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
     info = {"best_epoch": best["epoch"], "epochs_run": len(history),
             "best_val_macro_f1": best["macro_f1"], "best_val_accuracy": best["accuracy"],
             "best_val_loss": best["loss"], "device": str(accelerator.device)}
+    # All ranks leave the loop together before the DDP wrapper is released: releasing it on one
+    # rank while another still runs collectives can abort gloo (seen in CI under load).
+    accelerator.wait_for_everyone()
     return module.eval(), history, info
 
 
@@ -166,6 +169,11 @@ def main() -> None:
     # the group still open can abort in gloo's teardown and fail the whole launch.
     state.wait_for_everyone()
     state.destroy_process_group()
+    if not writer:
+        # Nothing left to write on this rank; skip interpreter teardown, where gloo's threads
+        # can still abort a finished worker and fail the whole launch.
+        logging.shutdown()
+        os._exit(0)
 
 
 def _save(module: Any, meta: dict[str, Any], classes: list[str], modality: str, mode: str,
