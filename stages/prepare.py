@@ -23,6 +23,7 @@ from stages.text import REPAIRS, clean_text_explained
 
 DATASET, REPORTS = Path("dataset"), Path("reports")
 COLUMNS = ["id", "text", "image_path", "label"]
+INPUT_KEYS = ("strip_urls", "max_side", "dummy_size")
 
 
 class PrepareError(ValueError):
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ParamsError, SourceError, PrepareError) as exc:
         raise SystemExit(f"prepare: error: {exc}") from None
     write_json(DATASET / "classes.json", classes)
+    # What shapes a model's input: predict reads it back through model.json, not params.yaml.
+    write_json(DATASET / "input.json", {key: cfg[key] for key in INPUT_KEYS})
     for name, frame in out.items():
         csvsafe.write_csv(frame[COLUMNS], DATASET / f"{name}.csv")
     csvsafe.write_csv(ledger.ledger(table), REPORTS / "prepare_ledger.csv")
