@@ -17,9 +17,10 @@ import pandas as pd
 from sklearn.metrics import (accuracy_score, f1_score, log_loss, precision_recall_curve,
                              precision_recall_fscore_support, roc_auc_score)
 
+from stages import bootstrap
 from stages.csvsafe import read_csv, write_csv
 from stages.files import write_json, write_text
-from stages.model import load_model, predict_proba, read_features
+from stages.model import feature_mismatch, load_model, predict_proba, read_features
 from stages.report import markdown_report, save_figures, summary_table
 
 log = logging.getLogger("evaluate")
@@ -28,10 +29,12 @@ SPLITS = ("test", "test_100")  # the second: rows of test whose id is in test_ba
 
 
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, macro/weighted F1, per-class P/R/F1/support, macro one-vs-rest ROC-AUC and
-    log loss, all from scikit-learn. AUC is None when some class has no row."""
+    """Accuracy and macro-F1 (each with its 95% bootstrap interval over the split's rows),
+    weighted F1, per-class P/R/F1/support, macro one-vs-rest ROC-AUC and log loss, from
+    scikit-learn. AUC is None when some class has no row."""
     labels = list(range(len(classes)))
     pred = proba.argmax(axis=1)
+    ci = bootstrap.intervals(y_true, pred, len(classes))
     p, r, f, s = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
     absent = [classes[i] for i in labels if not (y_true == i).any()]
     auc: float | None = None
@@ -45,7 +48,9 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
     return {
         "rows": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, pred)),
+        "accuracy_ci95_lo": ci["accuracy_ci95_lo"], "accuracy_ci95_hi": ci["accuracy_ci95_hi"],
         "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1_ci95_lo": ci["macro_f1_ci95_lo"], "macro_f1_ci95_hi": ci["macro_f1_ci95_hi"],
         "weighted_f1": float(f1_score(y_true, pred, labels=labels, average="weighted",
                                       zero_division=0)),
         "roc_auc_ovr_macro": auc,
@@ -81,10 +86,9 @@ def main() -> None:
     module, meta = load_model(Path("models"))
     classes = list(meta["classes"])
     features_meta = json.loads(Path("features/meta.json").read_text(encoding="utf-8"))
-    if features_meta.get("fingerprint") != meta.get("fingerprint"):
-        raise ValueError("models/model.json was trained on other features (encoder fingerprint "
-                         f"{meta.get('fingerprint')!r}, features/meta.json has "
-                         f"{features_meta.get('fingerprint')!r}); re-run train")
+    if differ := feature_mismatch(meta, features_meta):
+        raise SystemExit("evaluate: error: models/model.json was trained on other features than "
+                         f"features/meta.json ({'; '.join(differ)}); re-run train")
     test = read_features(Path("features/test.safetensors"), len(classes), meta["dims"])
     small_path = Path("dataset/test_balanced_100.csv")
     small_ids = read_csv(small_path)["id"].to_numpy()

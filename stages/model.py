@@ -18,6 +18,9 @@ from torch import nn
 from stages.files import atomic_path, write_json
 
 MODALITIES = ("both", "text", "image")
+# prepare's settings that shape a model's input (dataset/input.json, recorded in model.json):
+# predict cleans and stores new posts with these, whatever params.yaml says now.
+INPUT_KEYS = {"strip_urls": bool, "max_side": int, "dummy_size": int}
 FUSIONS = ("concat", "gated")
 WEIGHTS_FILE = "mlp.safetensors"
 META_FILE = "model.json"
@@ -128,6 +131,28 @@ def read_features(path: Path, n_classes: int | None = None,
                                             and int(tensors["label"].max()) < n_classes):
         raise ValueError(f"{path}: labels outside 0..{n_classes - 1}")
     return tensors
+
+
+def read_input_settings(path: Path) -> dict[str, Any]:
+    """dataset/input.json as prepare wrote it, checked: exactly INPUT_KEYS, of their types."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run the prepare stage first)")
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(settings, dict) or set(settings) != set(INPUT_KEYS) or any(
+            type(settings[k]) is not kind for k, kind in INPUT_KEYS.items()):
+        wanted = {k: kind.__name__ for k, kind in INPUT_KEYS.items()}
+        raise ValueError(f"{path}: expected the keys and types {wanted}, got {settings!r}; "
+                         "re-run prepare")
+    return settings
+
+
+def feature_mismatch(model_meta: dict[str, Any], features_meta: dict[str, Any]) -> list[str]:
+    """What differs between the features a model was trained on (model.json) and other
+    features (a meta.json): classes, encoder, its fingerprint, dims; empty when they agree."""
+    return [f"{key}: model {model_meta.get(key)!r}, features {features_meta.get(key)!r}"
+            for key in ("classes", "encoder", "fingerprint", "dims")
+            if model_meta.get(key) != features_meta.get(key)]
 
 
 def build_model(config: dict[str, Any]) -> FusionMLP:

@@ -1,5 +1,6 @@
 """predict: classify new posts with the trained model, through the prepare stage's own text and
-image functions and the encoder the model was trained with.
+image functions, with the input settings and the encoder the model was trained with (both from
+models/model.json: params.yaml's prepare block is not read).
 
   python -m stages.predict --text "Family trapped on a roof, send a boat" [--image photo.jpg]
   python -m stages.predict --csv posts.csv --out predictions.csv   # columns text,image_path[,label]
@@ -17,13 +18,12 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from stages import csvsafe
+from stages.embedding import embed
 from stages.encoders import Encoder, EncoderError, load_encoder
 from stages.feature_store import ShardReader
-from stages.featurize import embed
 from stages.images import ImageStore
-from stages.model import META_FILE, FusionMLP, load_model, predict_proba
+from stages.model import INPUT_KEYS, META_FILE, FusionMLP, load_model, predict_proba
 from stages.params import ParamsError, load_params, require
-from stages.prepare import settings
 from stages.text import clean_text
 
 log = logging.getLogger("predict")
@@ -41,6 +41,10 @@ def load_predictor(params: dict[str, Any], model_dir: Path
         raise PredictError(f"{meta_path} not found: no trained model; run `dvc repro` in the "
                            "repository root first (or point --model-dir at a trained model)")
     module, meta = load_model(model_dir)
+    recorded = meta.get("input")
+    if not isinstance(recorded, dict) or set(recorded) != set(INPUT_KEYS):
+        raise PredictError(f"{meta_path} does not record the input settings it was trained with "
+                           f"(an 'input' block with {list(INPUT_KEYS)}); retrain with `dvc repro`")
     cfg, trained = require(params, "featurize"), (meta.get("encoder"), meta.get("fingerprint"))
     # Another backend is refused before it loads; the same one is built to compare fingerprints.
     encoder = load_encoder(cfg) if cfg.get("encoder") == trained[0] else None
@@ -54,10 +58,11 @@ def load_predictor(params: dict[str, Any], model_dir: Path
 
 
 def classify(posts: pd.DataFrame, image_root: Path, module: FusionMLP, encoder: Encoder,
-             params: dict[str, Any], classes: list[str]) -> pd.DataFrame:
+             params: dict[str, Any], model_meta: dict[str, Any]) -> pd.DataFrame:
     """`posts` + image_status, predicted, prob_<class>: each text and image (under image_root)
-    cleaned and stored as prepare does (white dummy if unusable), embedded as featurize does."""
-    (_, prep), cfg = settings(params), params["featurize"]
+    cleaned and stored as prepare did for the model's training data (model.json's `input`:
+    white dummy if unusable), embedded as featurize does."""
+    prep, cfg, classes = model_meta["input"], params["featurize"], list(model_meta["classes"])
     with tempfile.TemporaryDirectory(prefix="crisis-mm-predict-") as work:
         store = ImageStore(Path(work) / "images", prep["max_side"], prep["dummy_size"])
         stored = [store.get([path], image_root) for path in posts["image_path"]]
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             name, root = (path.name, path.parent) if path else ("", Path.cwd())
             posts = pd.DataFrame({"text": [args.text], "image_path": [name]})
         module, meta, encoder = load_predictor(params, args.model_dir)
-        result = classify(posts, root, module, encoder, params, list(meta["classes"]))
+        result = classify(posts, root, module, encoder, params, meta)
     except (PredictError, ParamsError, EncoderError, FileNotFoundError) as exc:
         raise SystemExit(f"predict: error: {exc}") from None
     if args.csv:

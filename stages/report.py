@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report
 
+from stages import bootstrap
 from stages.files import atomic_path
 
 
@@ -17,16 +18,23 @@ def markdown_report(results: dict[str, dict], y: dict, pred: dict, classes: list
              f"Model: modality `{model_meta['modality']}`, fusion `{model_meta['fusion']}`, "
              f"encoder `{model_meta.get('encoder')}`, class weights `{model_meta.get('weights')}` "
              f"{model_meta.get('class_weights')}, best epoch {model_meta.get('best_epoch')}.", "",
-             "| split | rows | accuracy | macro-F1 | weighted-F1 | ROC-AUC (OvR) | log loss |",
+             "Each split's figures rest on its `posts` (test posts scored); a class's figures on "
+             "its `support`. Brackets: 95% bootstrap interval (percentile, "
+             f"{bootstrap.RESAMPLES} resamples of the split's posts, seed {bootstrap.SEED}).", "",
+             "| split | posts | accuracy [95% CI] | macro-F1 [95% CI] | weighted-F1 | "
+             "ROC-AUC (OvR) | log loss |",
              "|---|---|---|---|---|---|---|"]
     for split, m in results.items():
         auc = "n/a" if m["roc_auc_ovr_macro"] is None else f"{m['roc_auc_ovr_macro']:.4f}"
-        lines.append(f"| {split} | {m['rows']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
-                     f"{m['weighted_f1']:.4f} | {auc} | {m['log_loss']:.4f} |")
+        acc, f1 = (f"{m[k]:.4f} [{m[k + '_ci95_lo']:.3f}, {m[k + '_ci95_hi']:.3f}]"
+                   for k in ("accuracy", "macro_f1"))
+        lines.append(f"| {split} | {m['rows']} | {acc} | {f1} | {m['weighted_f1']:.4f} | {auc} "
+                     f"| {m['log_loss']:.4f} |")
     for split in results:
         text = classification_report(y[split], pred[split], labels=list(range(len(classes))),
                                      target_names=classes, digits=4, zero_division=0)
-        lines += ["", f"## {split}", "", "```", text.rstrip(), "```"]
+        lines += ["", f"## {split} ({results[split]['rows']} posts)", "", "```", text.rstrip(),
+                  "```"]
     return "\n".join(lines) + "\n"
 
 

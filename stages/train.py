@@ -22,13 +22,15 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from stages.loss import WEIGHT_MODES, WeightedSmoothedCE, class_weights
-from stages.model import MODALITIES, FusionMLP, read_features, save_model
+from stages.model import (MODALITIES, FusionMLP, read_features, read_input_settings,
+                          save_model)
 from stages.params import choice, load_params, require
 
 log = logging.getLogger("train")
 TRAIN_KEYS = ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "label_smoothing",
               "epochs", "batch_size", "patience")
 FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
+DATASET = Path("dataset")
 # Without cpu=True, `accelerate launch --multi_gpu` (torchrun) on a CPU-only machine starts N
 # independent trainings instead of one gloo process group.
 CPU_ONLY = not (torch.cuda.is_available() or torch.backends.mps.is_available())
@@ -134,6 +136,13 @@ def main() -> None:
     classes = list(meta["classes"])
     train, val = (read_features(FEATURES / f"{s}.safetensors", len(classes), meta["dims"])
                   for s in ("train", "val"))
+    # model.json records what shaped the inputs (prepare's classes and input settings), so
+    # predict and evaluate follow the model rather than today's params.yaml.
+    prepared = json.loads((DATASET / "classes.json").read_text(encoding="utf-8"))
+    if prepared != classes:
+        raise ValueError(f"features/meta.json has classes {classes} but dataset/classes.json "
+                         f"{prepared}: the features are stale; re-run featurize")
+    meta = {**meta, "input": read_input_settings(DATASET / "input.json")}
     weights = class_weights(mode, train["label"].numpy(), classes,
                             params.get("manual_weights") if mode == "manual" else None)
     weight_map = {c: round(float(w), 6) for c, w in zip(classes, weights)}
@@ -180,8 +189,9 @@ def _save(module: Any, meta: dict[str, Any], classes: list[str], modality: str, 
           weight_map: dict[str, float], cfg: dict[str, Any], rows: int,
           info: dict[str, Any]) -> None:
     save_model(MODELS, module, {
-        "classes": classes, "encoder": meta.get("encoder"), "encoder_model": meta.get("model"),
-        "fingerprint": meta.get("fingerprint"), "modality": modality, "fusion": module.fusion,
+        "classes": classes, "input": meta["input"], "encoder": meta.get("encoder"),
+        "encoder_model": meta.get("model"), "fingerprint": meta.get("fingerprint"),
+        "modality": modality, "fusion": module.fusion,
         "dims": module.config["dims"], "hidden": module.config["hidden"],
         "dropout": module.config["dropout"], "weights": mode, "class_weights": weight_map,
         "standardisation": {"source": "train split", "rows": rows,

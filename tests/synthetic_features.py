@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
+INPUT = {"strip_urls": True, "max_side": 448, "dummy_size": 224}  # prepare's dataset/input.json
 
 
 def make_split(n_per_class: list[int] | int, dims: tuple[int, int] = (24, 40),
@@ -34,8 +35,9 @@ def make_split(n_per_class: list[int] | int, dims: tuple[int, int] = (24, 40),
 
 def write_features(root: Path, counts: dict[str, list[int] | int] | None = None,
                    dims: tuple[int, int] = (24, 40), separation: float = 3.0) -> Path:
-    """Write features/{train,val,test}.safetensors, features/meta.json and
-    dataset/test_balanced_100.csv (every other test id) under `root`; return `root`."""
+    """Write features/{train,val,test}.safetensors, features/meta.json,
+    dataset/test_balanced_100.csv (every other test id) and prepare's dataset/classes.json and
+    dataset/input.json under `root`; return `root`."""
     counts = counts or {"train": 40, "val": 10, "test": 20}
     root = Path(root)
     (root / "features").mkdir(parents=True, exist_ok=True)
@@ -52,4 +54,7 @@ def write_features(root: Path, counts: dict[str, list[int] | int] | None = None,
     meta = {"encoder": "synthetic", "model": "gaussian", "dims": {"text": dims[0], "image": dims[1]},
             "fingerprint": "test", "classes": CLASSES, "rows": rows}
     (root / "features" / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    (root / "dataset").mkdir(exist_ok=True)
+    (root / "dataset" / "classes.json").write_text(json.dumps(CLASSES), encoding="utf-8")
+    (root / "dataset" / "input.json").write_text(json.dumps(INPUT), encoding="utf-8")
     return root

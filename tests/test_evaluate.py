@@ -111,10 +111,38 @@ def test_main_rejects_ids_missing_from_test_features(tmp_path, monkeypatch) -> N
         evaluate.main()
 
 
-def test_main_rejects_features_of_another_encoder(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("key,value,shown", [
+    ("fingerprint", "other", r"fingerprint: model 'test', features 'other'"),
+    ("classes", ["urgent_help", "relief_info", "irrelevant", "misinformation"],
+     r"classes: model \['urgent_help', 'relief_info', 'misinformation', 'irrelevant'\], "
+     r"features \['urgent_help', 'relief_info', 'irrelevant', 'misinformation'\]"),
+    ("encoder", "clip", r"encoder: model 'synthetic', features 'clip'"),
+])
+def test_main_refuses_features_the_model_was_not_trained_on(tmp_path, monkeypatch, key, value,
+                                                             shown) -> None:
     _train_on_synthetic(tmp_path, monkeypatch)
     meta_path = tmp_path / "features" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "fingerprint": "other"}))
-    with pytest.raises(ValueError, match="trained on other features"):
+    evaluate.main()  # negative control: the untouched features pass
+    meta_path.write_text(json.dumps({**meta, key: value}))
+    with pytest.raises(SystemExit, match=r"^evaluate: error: .*" + shown + ".*re-run train"):
         evaluate.main()
+
+
+def test_metrics_carry_bootstrap_intervals_around_each_value(tmp_path, monkeypatch) -> None:
+    _train_on_synthetic(tmp_path, monkeypatch)
+    evaluate.main()
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    for split in ("test", "test_100"):
+        m = metrics[split]
+        for key in ("accuracy", "macro_f1"):
+            assert 0 <= m[f"{key}_ci95_lo"] <= m[key] <= m[f"{key}_ci95_hi"] <= 1
+        # 30 and 15 posts: the intervals are wide, and wider on the smaller split.
+        assert m["accuracy_ci95_hi"] - m["accuracy_ci95_lo"] > 0.1
+    width = {s: metrics[s]["accuracy_ci95_hi"] - metrics[s]["accuracy_ci95_lo"]
+             for s in ("test", "test_100")}
+    assert width["test_100"] > width["test"]
+    report = (tmp_path / "reports" / "classification_report.md").read_text()
+    assert "## test (30 posts)" in report and "## test_100 (15 posts)" in report
+    lo, hi = metrics["test"]["accuracy_ci95_lo"], metrics["test"]["accuracy_ci95_hi"]
+    assert f"{metrics['test']['accuracy']:.4f} [{lo:.3f}, {hi:.3f}]" in report

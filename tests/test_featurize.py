@@ -234,7 +234,8 @@ def featurize_stage() -> dict:
 def test_dvc_stage_reads_only_featurize_params_and_its_inputs() -> None:
     stage = featurize_stage()
     assert stage["params"] == ["featurize"]
-    assert {"stages/featurize.py", "stages/encoders", "stages/feature_store.py",
+    assert {"stages/featurize.py", "stages/embedding.py", "stages/encoders",
+            "stages/feature_store.py",
             "stages/csvsafe.py",
             "dataset/classes.json", "dataset/images_train", "dataset/images_test"} | {
         f"dataset/{name}" for name in FILES.values()} == set(stage["deps"])

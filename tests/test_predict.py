@@ -206,3 +206,47 @@ def test_a_csv_without_the_needed_columns_is_refused(pipeline, tmp_path) -> None
     (tmp_path / "posts.csv").write_text("tweet,image_path\nhello,a.jpg\n")
     with pytest.raises(SystemExit, match=r"posts\.csv: no column \['text'\]"):
         run(pipeline, "--csv", str(tmp_path / "posts.csv"), "--out", str(tmp_path / "o.csv"))
+
+
+def _probs(params: Path, model_dir: Path, capsys, *args: str) -> dict:
+    predict.main([*args, "--params", str(params), "--model-dir", str(model_dir)])
+    out = capsys.readouterr().out
+    return {k: float(v) for k, v in re.findall(r"^  (\w+) +([0-9.]+)$", out, re.MULTILINE)}
+
+
+def test_predict_follows_the_model_not_todays_params(pipeline, capsys, tmp_path) -> None:
+    """An edit of params.yaml's prepare (or train) block after training changes nothing; the
+    input settings recorded in model.json do (negative control: predict reads them)."""
+    image = next(IMAGES.rglob("*.jpg"))
+    post = ["--text", "Family trapped on a roof, send a boat http://t.co/abc #flood",
+            "--image", str(image)]
+    before = _probs(pipeline / "params.yaml", pipeline / "models", capsys, *post)
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["prepare"].update(strip_urls=False, max_side=64, dummy_size=32)
+    params["train"].update(lr=0.5, hidden=[8, 8])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _probs(tmp_path / "params.yaml", pipeline / "models", capsys, *post) == before
+
+    models = shutil.copytree(pipeline / "models", tmp_path / "models")
+    meta = json.loads((models / "model.json").read_text())
+    assert meta["input"] == json.loads((pipeline / "dataset" / "input.json").read_text())
+    meta["input"] = {**meta["input"], "strip_urls": False, "max_side": 64}
+    (models / "model.json").write_text(json.dumps(meta))
+    assert _probs(pipeline / "params.yaml", models, capsys, *post) != before
+
+    del meta["input"]
+    (models / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=r"does not record the input settings.*retrain"):
+        _probs(pipeline / "params.yaml", models, capsys, *post)
+
+
+def test_no_stage_module_imports_another() -> None:
+    """predict and the stages share code through helper modules only (ast, not grep)."""
+    import ast
+    entry = {"prepare", "featurize", "train", "evaluate", "predict", "explain"}
+    for name in ("predict", "train", "evaluate"):
+        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {f"stages.{a.name}" for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module == "stages" for a in n.names}
+        assert not {m.removeprefix("stages.") for m in imported} & (entry - {name}), name

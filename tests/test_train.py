@@ -187,3 +187,37 @@ def test_main_rejects_a_bad_weights_value(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamsError, match="weights='inverse'"):
         train.main()
+
+
+def test_main_records_what_shaped_the_inputs(tmp_path, monkeypatch) -> None:
+    """model.json carries prepare's classes and input settings and the encoder's fingerprint,
+    so predict and evaluate can follow the model instead of today's params.yaml."""
+    write_features(tmp_path, {"train": 10, "val": 4, "test": 4})
+    settings = {"strip_urls": False, "max_side": 300, "dummy_size": 64}
+    (tmp_path / "dataset" / "input.json").write_text(json.dumps(settings))
+    _params(tmp_path, prepare={"strip_urls": True, "max_side": 448, "dummy_size": 224})
+    monkeypatch.chdir(tmp_path)
+    train.main()
+    _, meta = load_model(tmp_path / "models")
+    assert meta["input"] == settings  # dataset/input.json, not params.yaml's prepare block
+    assert meta["classes"] == CLASSES and meta["fingerprint"] == "test"
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("classes.json", json.dumps(["a", "b", "c", "d"]), r"stale; re-run featurize"),
+    ("input.json", json.dumps({"strip_urls": 1, "max_side": 448, "dummy_size": 224}),
+     r"input\.json: expected the keys and types"),
+    ("input.json", json.dumps({"strip_urls": True, "max_side": 448}),
+     r"input\.json: expected the keys and types"),
+    ("input.json", None, r"input\.json: missing \(run the prepare stage first\)"),
+])
+def test_main_refuses_stale_or_bad_prepare_records(tmp_path, monkeypatch, name, content,
+                                                   message) -> None:
+    write_features(tmp_path, {"train": 10, "val": 4, "test": 4})
+    path = tmp_path / "dataset" / name
+    path.unlink() if content is None else path.write_text(content)
+    _params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train.main()
+    assert not (tmp_path / "models").exists()
