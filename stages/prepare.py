@@ -1,9 +1,9 @@
 """Prepare stage: read the sources, clean texts, normalise images (white dummy when unusable),
-drop duplicates, split by image groups, balance, and account for every input row."""
+drop duplicates, group posts that must not be split (same or near-duplicate image, same
+text, optionally same event), split by groups, balance, and account for every input row."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import tempfile
 import time
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages import csvsafe, ledger, split as splitting
+from stages import csvsafe, groups as grouping, ledger, split as splitting, tracking
 from stages.files import write_json
 from stages.images import ImageStore
 from stages.params import ParamsError, choice, load_params, require
@@ -31,12 +31,13 @@ class PrepareError(ValueError):
 
 
 def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd.DataFrame:
-    """One row per record, in ledger order (id = ledger_id): cleaned text, image hash, split
-    group, the repair/drop kinds met ('kinds') and routine cleaning steps ('cleaning')."""
+    """One row per record, in ledger order (id = ledger_id): cleaned text, image digest, event,
+    the repair/drop kinds met ('kinds') and routine cleaning steps ('cleaning')."""
     rows, seen = [], {}
     for ledger_id, rec in enumerate(tqdm(records, desc="prepare", unit="row"), start=1):
         row = dict(id=ledger_id, source=rec.source, row_id=rec.row_id, label=rec.label, text="",
-                   split=rec.split, digest="", group="", kinds=list(rec.issues), cleaning=[])
+                   split=rec.split, event=rec.event, digest="", kinds=list(rec.issues),
+                   cleaning=[])
         rows.append(row)
         if ledger.is_dropped(row["kinds"]):
             continue
@@ -44,46 +45,68 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
         image = store.get(rec.images, rec.image_root)
         row["kinds"] += [f"text_{s}" for s in sorted(steps & REPAIRS)]
         row["kinds"] += [f"image_{image.problem}"] if image.problem else []
-        # The dummy says nothing about a post: grouping on it would put every image-less post
-        # on one side, so those are grouped by their text (retweets stay together).
-        own = image.digest != store.dummy
-        group = image.digest if own else "text:" + hashlib.sha256(text.encode()).hexdigest()
-        row.update(text=text, digest=image.digest, group=group, cleaning=sorted(steps - REPAIRS))
-        if not text and not own:
+        row.update(text=text, digest=image.digest, cleaning=sorted(steps - REPAIRS))
+        if not text and image.digest == store.dummy:
             row["kinds"].append("empty_post")
         elif (first := seen.setdefault((text, image.digest), row)) is not row:
             same = first["label"] == rec.label
             row["kinds"].append("duplicate" if same else "duplicate_conflict")
+            if not same and "label_conflict" not in first["kinds"]:
+                first["kinds"].append("label_conflict")  # kept with the first label seen
     return pd.DataFrame(rows)
 
 
-def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any]
-               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Surviving rows with their split and image_path, and the output tables by file stem.
-    Marks rows left out by balancing as 'downsampled' in `table`."""
+def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any], store: ImageStore
+               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """Surviving rows with their split and image_path, the output tables by file stem, and
+    the grouping report. Marks rows dropped by the split or by balancing in `table`."""
     live = table[~table["kinds"].map(ledger.is_dropped)].copy()
     if live.empty:
         raise PrepareError("no rows left after reading and cleaning (see the ledger)")
     seed = cfg["seed"]
-    live["split"] = splitting.assign_splits(live["label"], live["group"], live["split"],
-                                            cfg["test_size"], cfg["val_size"], seed)
+    hashes = {d: grouping.image_hash(store.staging / f"{d}.jpg")
+              for d in sorted(set(live["digest"]) - {store.dummy})}
+    groups = grouping.group_rows(live["digest"].tolist(), live["text"].tolist(),
+                                 live["event"].tolist(), store.dummy, hashes,
+                                 cfg["near_duplicate_bits"], cfg["min_shared_words"],
+                                 cfg["group_by"] == "event")
+    live["group"] = groups.group
+    fixed = live["split"].to_numpy(dtype=object)
+    held_events = live["event"].isin(cfg["test_events"]).to_numpy()
+    if cfg["test_events"]:  # held-out events replace the sources' own splits
+        fixed = np.where(held_events, "test", None)
+    split, leaked = splitting.assign_splits(live["label"], live["group"], fixed,
+                                            cfg["test_size"], cfg["val_size"], seed,
+                                            cfg["split_leaks"])
+    if cfg["test_events"]:  # posts of other events linked to a held-out one would leak
+        leaked |= (split == "test") & ~held_events
+    live["split"] = split
+    _mark(table, live.loc[leaked, "id"], "split_leak")
+    live = live[~leaked]
     folder = np.where(live["split"] == "test", "images_test/", "images_train/")
     live["image_path"] = folder + live["digest"] + ".jpg"
-    part = {s: live[live["split"] == s] for s in ("train", "val", "test")}
+    part = {s: live[live["split"] == s] for s in splitting.SPLIT_ORDER}
     out = {"train_balanced": splitting.balance(part["train"], classes, cfg["balance"], seed),
            "val": part["val"].sort_values("id"),
            "test_balanced": splitting.balance(part["test"], classes, cfg["balance"], seed)}
     if empty := [name for name, frame in out.items() if frame.empty]:
         raise PrepareError(f"{', '.join(empty)} would be empty: {len(live)} rows in "
-                           f"{live['group'].nunique()} image/text groups are too few to split")
+                           f"{live['group'].nunique()} groups are too few to split")
     for name in ("train_balanced", "test_balanced"):
         out[f"{name}_100"] = splitting.take_per_class(out[name], classes,
                                                       cfg["per_class_small"], seed, name)
     out["train_balanced_100_interleaved"] = splitting.interleave(out["train_balanced_100"], classes)
     used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
-    left_out = table["id"].isin(live["id"]) & ~table["id"].isin(used)
-    table.loc[left_out, "kinds"] = table.loc[left_out, "kinds"].map(lambda k: k + ["downsampled"])
-    return live, out
+    _mark(table, live.loc[~live["id"].isin(used), "id"], "downsampled")
+    audit = grouping.audit(live, hashes, cfg["near_duplicate_bits"], cfg["min_shared_words"])
+    return live, out, {"count": groups.count, "largest": groups.largest,
+                       "merged_by": groups.merged, "shares": splitting.shares(live, classes),
+                       "across_splits": audit}
+
+
+def _mark(table: pd.DataFrame, ids: pd.Series, kind: str) -> None:
+    rows = table["id"].isin(ids)
+    table.loc[rows, "kinds"] = table.loc[rows, "kinds"].map(lambda k: k + [kind])
 
 
 def settings(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -92,15 +115,22 @@ def settings(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             or not all(isinstance(c, str) and c.strip() for c in classes)):
         raise ParamsError(f"params.yaml: classes must be a list of distinct names, got {classes!r}")
     cfg = {key: require(params, f"prepare.{key}") for key in (
-        "seed", "strip_urls", "dummy_size", "max_side", "test_size", "val_size", "per_class_small")}
+        "seed", "strip_urls", "dummy_size", "max_side", "test_size", "val_size", "per_class_small",
+        "near_duplicate_bits", "min_shared_words", "test_events")}
     cfg["balance"] = choice(params, "prepare.balance", splitting.BALANCE_MODES)
+    cfg["group_by"] = choice(params, "prepare.group_by", ("content", "event"))
+    cfg["split_leaks"] = choice(params, "prepare.split_leaks", splitting.LEAK_MODES)
     for key, kind, low, high in (("test_size", float, 0, 1), ("val_size", float, 0, 1),
                                  ("dummy_size", int, 0, 1e5), ("max_side", int, 15, 1e5),
-                                 ("per_class_small", int, 0, 1e9), ("seed", int, -1, 2**32)):
+                                 ("per_class_small", int, 0, 1e9), ("seed", int, -1, 2**32),
+                                 ("near_duplicate_bits", int, -2, 256),
+                                 ("min_shared_words", int, 0, 1e4)):
         value = cfg[key]
         if type(value) not in (int, kind) or not low < value < high:  # type(): no bools
             raise ParamsError(f"params.yaml: prepare.{key}={value!r} must be {kind.__name__} "
                               f"strictly between {low} and {high:g}")
+    if not isinstance(cfg["test_events"], list):
+        raise ParamsError("params.yaml: prepare.test_events must be a list of event names")
     return classes, cfg
 
 
@@ -113,25 +143,28 @@ def main(argv: list[str] | None = None) -> None:
     try:
         params = load_params(args.params)
         classes, cfg = settings(params)
-        records = [r for s in parse_sources(params, classes) for r in read_source(s)]
+        sources = parse_sources(params, classes)
+        tracking.check_tracked("prepare", [p for s in sources for p in (s.path, s.image_root)])
+        records = [r for s in sources for r in read_source(s)]
         DATASET.mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".prepare-", dir=DATASET) as staging:
             store = ImageStore(Path(staging), cfg["max_side"], cfg["dummy_size"])
             table = clean_rows(records, store, bool(cfg["strip_urls"]))
-            live, out = split_rows(table, classes, cfg)
+            live, out, groups = split_rows(table, classes, cfg, store)
             train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
             written = {"images_train": store.export(DATASET / "images_train", train_digests),
                        "images_test": store.export(DATASET / "images_test",
                                                    out["test_balanced"]["digest"])}
-    except (ParamsError, SourceError, PrepareError) as exc:
+    except (ParamsError, SourceError, PrepareError, tracking.UntrackedError) as exc:
         raise SystemExit(f"prepare: error: {exc}") from None
     write_json(DATASET / "classes.json", classes)
     # What shapes a model's input: predict reads it back through model.json, not params.yaml.
     write_json(DATASET / "input.json", {key: cfg[key] for key in INPUT_KEYS})
     for name, frame in out.items():
         csvsafe.write_csv(frame[COLUMNS], DATASET / f"{name}.csv")
-    csvsafe.write_csv(ledger.ledger(table), REPORTS / "prepare_ledger.csv")
-    report = ledger.summary(table, live, out, classes, store, written)
+    lines = ledger.ledger(table)
+    csvsafe.write_csv(lines, REPORTS / "prepare_ledger.csv")
+    report = ledger.summary(table, lines, live, out, classes, store, written) | {"groups": groups}
     write_json(REPORTS / "prepare.json", report)
     print(f"prepare: {report['rows']} in {time.perf_counter() - started:.1f}s; "
           f"rows out: { {name: len(frame) for name, frame in out.items()} }")

@@ -83,6 +83,7 @@ class Record:
     label: str | None              # class after the label map; None when unmapped
     split: str | None              # train / val / test from the source, None: prepare splits
     issues: list[str] = field(default_factory=list)  # drop/repair kinds found while reading
+    event: str | None = None       # the disaster the post is about, when the source says
 
 
 def parse_sources(params: dict[str, Any], classes: list[str]) -> list[Source]:
@@ -147,7 +148,7 @@ def _decode_file(path: Path) -> str:
 
 
 def _rows(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
-    """Header and (first line, last line, fields) for each non-blank data row."""
+    """Header and (first line, last line, fields) for each data row; [] for a blank one."""
     text = _decode_file(path)
     options: dict[str, Any] = {"delimiter": ","} if fmt == "csv" else {
         "delimiter": "\t", "quoting": csv.QUOTE_NONE}
@@ -160,8 +161,9 @@ def _rows(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, int, list[st
             end = reader.line_num
             if header is None:
                 header = [restore_undecodable(h)[0].strip() for h in fields]
-            elif fields and any(f.strip() for f in fields):
-                rows.append((start, end, fields))
+            else:
+                # Blank lines are data lines too: each gets a ledger row (dropped, blank_row).
+                rows.append((start, end, fields if any(f.strip() for f in fields) else []))
             start = end + 1
     except csv.Error as exc:
         raise SourceError(f"{path}: line {reader.line_num}: not readable as {fmt}: {exc}") from exc
@@ -207,9 +209,14 @@ def read_source(source: Source) -> list[Record]:
     i_label = _pick(header, (source.label_column,), path, fmt)
     i_id = _pick(header, id_choices, path, fmt, required=fmt != "csv")
     i_split = _pick(header, ("split",), path, fmt, required=False) if fmt == "csv" else None
+    i_event = _pick(header, ("event", "event_name"), path, fmt, required=False)
     stems = _stem_index(source.image_root) if fmt == "mediaeval" else {}
     records, seen_labels, seen_mapped = [], set(), False
     for number, (first, last, fields) in enumerate(rows, start=1):
+        if not fields:
+            records.append(Record(source.name, str(number), "", (), source.image_root, None,
+                                  None, ["blank_row"]))
+            continue
         if len(fields) != len(header):
             if last > first:
                 raise SourceError(
@@ -242,10 +249,14 @@ def read_source(source: Source) -> list[Record]:
         if fmt == "mediaeval":
             ids = [s.strip() for s in values[i_image].split(",") if s.strip()]
             images = tuple(stems.get(i, i) for i in ids)
+            # MediaEval keeps each event's images in a folder named for it.
+            folders = [Path(i).parts[0] for i in images if len(Path(i).parts) > 1]
+            event = folders[0] if folders else None
         else:
             images = (values[i_image].strip(),)
+            event = (values[i_event].strip() or None) if i_event is not None else None
         records.append(Record(source.name, row_id, values[i_text], images, source.image_root,
-                              label, split, issues))
+                              label, split, issues, event))
     if records and not seen_mapped and seen_labels:
         raise SourceError(f"{path}: none of its labels {sorted(seen_labels)[:10]} maps to a class "
                           f"in {list(dict.fromkeys(source.label_map.values()))}; set label_map "

@@ -1,53 +1,89 @@
-"""Splitting and balancing for the prepare stage: grouped (no image on two sides), stratified
-by class, seeded; plus the per-class subsets and the round-robin order of the `_100` files."""
+"""Splitting and balancing for the prepare stage: grouped (no group of stages.groups on two
+sides), stratified by class, seeded; plus the per-class subsets and the round-robin order of
+the `_100` files."""
 from __future__ import annotations
 
 import logging
-import warnings
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 log = logging.getLogger(__name__)
 
 BALANCE_MODES = ("downsample", "none")
+LEAK_MODES = ("drop", "keep")
 
 
-def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: int) -> np.ndarray:
-    """Mask of rows held out: whole groups, about `share` of them (1 / round(1 / share) of the
-    rows, one StratifiedGroupKFold fold), stratified by label as far as the groups allow."""
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: int,
+            tries: int = 32) -> np.ndarray:
+    """Mask of rows held out: whole groups, as close to `share` of the rows of every class as
+    the groups allow (any share in (0, 1), not rounded to 1/k folds).
+
+    Greedy: visit groups in some order and take one when it brings the held-out class counts
+    closer to their targets, then toggle single groups while that helps. One group can hold a
+    fifth of a corpus (crisis4: 1,977 posts of one picture), so one visiting order can get
+    stuck; the best of the largest-first order and `tries` seeded random orders is kept."""
     labels, groups = np.asarray(labels, dtype=object), np.asarray(groups, dtype=object)
-    n_groups = len(set(groups))
-    if share <= 0 or n_groups < 2:
+    if share <= 0 or len(labels) == 0:
         return np.zeros(len(labels), dtype=bool)
-    n_splits = max(2, min(round(1 / share), n_groups))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        # Rare classes (fewer groups than folds) are expected here; they warn on every split.
-        warnings.simplefilter("ignore", UserWarning)
-        _, held = next(folds.split(np.zeros(len(labels)), labels.astype(str), groups.astype(str)))
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[held] = True
-    return mask
+    group_ids, row_group = np.unique(groups.astype(str), return_inverse=True)
+    _, row_class = np.unique(labels.astype(str), return_inverse=True)
+    counts = np.zeros((len(group_ids), row_class.max() + 1))
+    np.add.at(counts, (row_group, row_class), 1)
+    target = share * counts.sum(axis=0)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(group_ids))
+    orders = [shuffled[np.argsort(-counts[shuffled].sum(axis=1), kind="stable")]]
+    orders += [rng.permutation(len(group_ids)) for _ in range(tries)]
+    best, best_cost = np.zeros(len(group_ids), dtype=bool), np.inf
+    for order in orders:
+        taken, cost = _greedy(counts, target, order)
+        if cost < best_cost:
+            best, best_cost = taken, cost
+    return best[row_group]
+
+
+def _greedy(counts: np.ndarray, target: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, float]:
+    taken, have = np.zeros(len(counts), dtype=bool), np.zeros(counts.shape[1])
+    cost = float(((have - target) ** 2).sum())
+    for sweep in range(2):  # the second sweep only toggles what the first pass got wrong
+        changed = False
+        for g in order:
+            new = have - counts[g] if taken[g] else have + counts[g]
+            new_cost = float(((new - target) ** 2).sum())
+            if new_cost < cost:
+                have, cost, taken[g], changed = new, new_cost, not taken[g], True
+        if not changed:
+            break
+    return taken, cost
 
 
 def assign_splits(labels: Sequence[str], groups: Sequence[str], fixed: Sequence[str | None],
-                  test_size: float, val_size: float, seed: int) -> np.ndarray:
-    """'train' / 'val' / 'test' per row. Rows whose source gave a split keep it; other rows of
-    the same group follow them (so a group is never cut); the rest are split by groups, and
-    if no source provides a validation split, it is carved from train the same way."""
+                  test_size: float, val_size: float, seed: int, leaks: str = "drop"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """'train' / 'val' / 'test' per row, and a mask of rows dropped as `split_leak`.
+
+    Rows whose source gave a split keep it, and other rows of their group follow them. A
+    group whose rows carry different given splits would leak: with leaks='drop' its rows on
+    the later side (train < val < test) are dropped, so evaluation never sees a copy of a
+    training post; with 'keep' they stay (and are counted). The remaining groups are split
+    by `holdout`; validation is carved from train the same way when no source gives one."""
     labels, groups = np.asarray(labels, dtype=object), np.asarray(groups, dtype=object)
     split = np.array([s if isinstance(s, str) else "" for s in fixed], dtype=object)
-    by_group: dict[str, Counter] = {}
+    rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    first: dict[str, str] = {}
     for group, s in zip(groups, split):
-        if s:
-            by_group.setdefault(group, Counter())[s] += 1
+        if s and (group not in first or rank[s] < rank[first[group]]):
+            first[group] = s
+    leaked = np.array([bool(s) and s != first[g] for g, s in zip(groups, split)], dtype=bool)
+    if leaks == "keep":
+        leaked[:] = False
     for i in np.flatnonzero(split == ""):
-        if groups[i] in by_group:
-            split[i] = by_group[groups[i]].most_common(1)[0][0]
+        split[i] = first.get(groups[i], "")
     free = np.flatnonzero(split == "")
     if len(free):
         held = holdout(labels[free], groups[free], test_size, seed)
@@ -56,7 +92,7 @@ def assign_splits(labels: Sequence[str], groups: Sequence[str], fixed: Sequence[
         train = np.flatnonzero(split == "train")
         held = holdout(labels[train], groups[train], val_size, seed + 1)
         split[train[held]] = "val"
-    return split.astype(str)
+    return split.astype(str), leaked
 
 
 def balance(frame: pd.DataFrame, classes: Sequence[str], mode: str, seed: int) -> pd.DataFrame:
@@ -87,3 +123,12 @@ def interleave(frame: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     ranked = frame.sort_values("id").assign(
         _rank=lambda f: f.groupby("label").cumcount(), _class=lambda f: f["label"].map(order))
     return ranked.sort_values(["_rank", "_class"]).drop(columns=["_rank", "_class"])
+
+
+def shares(rows: pd.DataFrame, classes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Achieved share of the rows (and of each class's rows) in each split, before balancing."""
+    def of(frame: pd.DataFrame) -> dict[str, float]:
+        counts = frame["split"].value_counts()
+        return {s: round(int(counts.get(s, 0)) / max(len(frame), 1), 4) for s in SPLIT_ORDER}
+
+    return {"all": of(rows)} | {c: of(rows[rows["label"] == c]) for c in classes}

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,12 +30,20 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def make_image(tmp_path: Path) -> Callable[..., Path]:
-    """make_image(relative_path, size=(32, 24), mode="RGB", color=..., format=None) -> path,
-    a generated picture saved under tmp_path (format from the suffix unless given)."""
+    """make_image(relative_path, size=(32, 24), mode="RGB", color=..., format=None,
+    noise=False) -> path, a generated picture saved under tmp_path (format from the suffix
+    unless given). noise=True draws seeded random pixels instead of one colour: plain pictures
+    all share one perceptual hash, so they count as near-duplicates of each other."""
     def make(relative: str, size: tuple[int, int] = (32, 24), mode: str = "RGB",
-             color: object = None, format: str | None = None, **save: object) -> Path:
+             color: object = None, format: str | None = None, noise: bool = False,
+             **save: object) -> Path:
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
+        if noise:
+            rng = np.random.default_rng(zlib.crc32(relative.encode()))
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").convert(mode).save(path, format=format, **save)
+            return path
         if color is None:
             # Colour from the name, so different files have different content hashes.
             crc = zlib.crc32(relative.encode())

@@ -3,6 +3,7 @@ the contract says, the grouped split (no image on both sides), params errors, an
 identity on the full real crisis4 and CrisisMMD sources."""
 from __future__ import annotations
 
+import collections
 import csv
 import json
 from pathlib import Path
@@ -21,7 +22,9 @@ CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
 OUTPUTS = ["train_balanced", "val", "test_balanced", "train_balanced_100", "test_balanced_100",
            "train_balanced_100_interleaved"]
 PREPARE = {"seed": 42, "strip_urls": True, "dummy_size": 32, "max_side": 64, "test_size": 0.25,
-           "val_size": 0.2, "balance": "downsample", "per_class_small": 3}
+           "val_size": 0.2, "balance": "downsample", "per_class_small": 3,
+           "near_duplicate_bits": 30, "min_shared_words": 4, "group_by": "content",
+           "test_events": [], "split_leaks": "drop"}
 
 
 def run_prepare(workdir: Path, monkeypatch: pytest.MonkeyPatch, sources: list[dict[str, Any]],
@@ -44,6 +47,16 @@ def check_accounting(result: dict[str, Any], workdir: Path, rows_in: int) -> Non
     assert ledger["ledger_id"].tolist() == list(range(1, rows_in + 1))
     assert ledger["fate"].value_counts().to_dict() == {
         f: rows[f] for f in ("kept", "repaired", "dropped") if rows[f]}
+    # One primary reason per row: the drop reasons add up to the dropped rows, and repairs
+    # are counted on the rows that are kept only.
+    report = result["report"]
+    assert sum(report["drops"].values()) == rows["dropped"]
+    assert sum(s["in"] for s in report["sources"].values()) == rows_in
+    alive = ledger[ledger["fate"] != "dropped"]
+    repairs = collections.Counter(k for d in alive["details"].fillna("") for k in d.split(";") if k)
+    assert report["repairs"] == dict(repairs)
+    assert (ledger.loc[ledger["fate"] == "kept", "reason"].fillna("") == "").all()
+    assert ledger.loc[ledger["fate"] != "kept", "reason"].notna().all()
     used = pd.concat([result[n] for n in ("train_balanced", "val", "test_balanced")])
     assert used["id"].is_unique
     assert set(used["id"]) == set(ledger.loc[ledger["fate"] != "dropped", "ledger_id"])
@@ -63,7 +76,7 @@ def check_accounting(result: dict[str, Any], workdir: Path, rows_in: int) -> Non
 
 def _dummy_name(result: dict[str, Any]) -> str:
     ledger = result["ledger"]
-    dummy_ids = ledger.loc[ledger["reason"].str.contains("image_"), "ledger_id"]
+    dummy_ids = ledger.loc[ledger["details"].str.contains("image_"), "ledger_id"]
     used = pd.concat([result[n] for n in ("train_balanced", "val", "test_balanced")])
     names = used.loc[used["id"].isin(dummy_ids), "image_path"].str.rsplit("/").str[-1]
     return names.iloc[0] if len(names) else ""
@@ -79,7 +92,8 @@ def messy_source(tmp_path: Path, make_image: Callable[..., Path],
     for c, label in enumerate(CLASSES):
         for i in range(8):
             size = (100, 50) if i == 0 else (32, 24)      # max_side is 64: 4 get downscaled
-            image = make_image(f"raw/images/{label}/{i} photo ü.jpg", size).relative_to(root)
+            image = make_image(f"raw/images/{label}/{i} photo ü.jpg", size,
+                               noise=True).relative_to(root)
             for k in range(2):
                 rows.append([f"{label}-{i}-{k}", f"{label} post {i} variant {k} http://t.co/{k}",
                              str(image), label])
@@ -133,9 +147,10 @@ def test_every_bad_case_is_accounted_for(tmp_path: Path, monkeypatch: pytest.Mon
     source, expected = messy_source
     result = run_prepare(tmp_path, monkeypatch, [source], balance="none")
     check_accounting(result, tmp_path, rows_in=64 + len(expected))
-    reasons = result["ledger"].set_index("row_id")["reason"]
-    for row_id, reason in expected.items():
-        assert reasons[row_id] == reason, row_id
+    lines = result["ledger"].set_index("row_id")
+    for row_id, details in expected.items():
+        assert lines.loc[row_id, "details"] == details, row_id
+        assert lines.loc[row_id, "reason"] == details.split(";")[0], row_id
     report = result["report"]
     assert report["repairs"]["image_path_escape"] == 3
     assert report["drops"]["duplicate"] == 1 and report["drops"]["downsampled"] == 0
@@ -174,7 +189,7 @@ def test_source_split_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         writer.writerow(["text", "image_path", "label", "split"])
         for n in range(24):
             split = ("train", "dev", "test")[n % 3]
-            make_image(f"{n}.png")
+            make_image(f"{n}.png", noise=True)
             writer.writerow([f"post {n}", f"{n}.png", CLASSES[n % 4], split])
     result = run_prepare(tmp_path, monkeypatch, [{"path": str(path)}], balance="none")
     check_accounting(result, tmp_path, rows_in=24)
@@ -225,8 +240,11 @@ def test_real_crisis4_ledger_identity(shared_data: Path, tmp_path: Path,
         "per_class_small": 100}))
     check_accounting(result, tmp_path, rows_in=13878)
     report = result["report"]
-    assert report["images"]["files_usable"] == 416 and report["groups"]["shared_with_test"] == 0
-    assert report["repairs"]["text_mojibake"] > 50 and report["drops"]["duplicate"] > 1000
+    assert report["images"]["files_usable"] == 416
+    assert report["groups"]["across_splits"] == {"image_pairs": 0, "texts": 0}
+    assert report["groups"]["merged_by"]["near_duplicate_image"] > 0
+    assert report["groups"]["merged_by"]["same_text"] > 0
+    assert report["repairs"]["text_mojibake"] > 0 and report["drops"]["duplicate"] > 1000
 
 
 def test_real_crisismmd_ledger_identity(shared_data: Path, tmp_path: Path,
@@ -238,7 +256,10 @@ def test_real_crisismmd_ledger_identity(shared_data: Path, tmp_path: Path,
     result = run_prepare(tmp_path, monkeypatch, sources, per_class_small=100)
     check_accounting(result, tmp_path, rows_in=6126 + 998 + 955)
     report = result["report"]
-    assert report["repairs"]["image_missing"] == 8079                 # every image is absent
+    rows = report["rows"]
+    assert rows["kept"] == 0 and report["repairs"]["image_missing"] == rows["repaired"]  # no images
+    assert report["drops"]["split_leak"] > 0    # retweets in two of CrisisMMD's own splits
+    assert report["groups"]["across_splits"]["texts"] == 0
     assert report["sources"]["crisismmd_dev"]["in"] == 998
     assert set(result["val"]["id"]) <= set(range(6127, 6126 + 998 + 1))  # dev rows only
     assert set(DROPS) == set(report["drops"])

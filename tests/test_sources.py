@@ -88,11 +88,14 @@ def test_row_level_problems_become_issues(tmp_path: Path) -> None:
                   "unknown label,a.jpg,kittens,train\n"
                   "bad split,a.jpg,irrelevant,holdout\n"
                   "too,many,fields,here,now\n"
-                  "\n"                                             # blank line: not a row
+                  "\n"                                        # blank line: a row, dropped
+                  " , , ,\n"                                  # blank fields: likewise
                   "short,row\n")
-    issues = [r.issues for r in read_source(_source(path))]
-    assert issues == [[], ["label_unmapped"], ["split_unknown"], ["malformed_row"],
-                      ["malformed_row"]]
+    records = read_source(_source(path))
+    assert [r.issues for r in records] == [[], ["label_unmapped"], ["split_unknown"],
+                                           ["malformed_row"], ["blank_row"], ["blank_row"],
+                                           ["malformed_row"]]
+    assert [r.row_id for r in records][-3:] == ["5", "6", "7"]  # data line numbers
 
 
 def test_non_utf8_bytes_are_read_and_flagged(tmp_path: Path) -> None:
