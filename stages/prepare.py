@@ -75,9 +75,9 @@ def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any], sto
     held_events = live["event"].isin(cfg["test_events"]).to_numpy()
     if cfg["test_events"]:  # held-out events replace the sources' own splits
         fixed = np.where(held_events, "test", None)
-    split, leaked = splitting.assign_splits(live["label"], live["group"], fixed,
-                                            cfg["test_size"], cfg["val_size"], seed,
-                                            cfg["split_leaks"])
+    test_size = 0.0 if cfg["test_events"] else cfg["test_size"]  # the test split is given
+    split, leaked = splitting.assign_splits(live["label"], live["group"], fixed, test_size,
+                                            cfg["val_size"], seed, cfg["split_leaks"])
     if cfg["test_events"]:  # posts of other events linked to a held-out one would leak
         leaked |= (split == "test") & ~held_events
     live["split"] = split

@@ -123,7 +123,7 @@ def messy_source(tmp_path: Path, make_image: Callable[..., Path],
         "mojibake": ("Sandyâ€™s flood", good, "relief_info", "text_mojibake"),
         "controls": ("flo\x00od\x07 \u202ewarning", good, "relief_info", "text_control_chars"),
         "formula": ("=cmd|' /C calc'!A0", good, "irrelevant", ""),
-        "long": ("flood " * 20000, good, "irrelevant", ""),
+        "long": ("flood " * 20000, good, "irrelevant", "text_truncated"),
         "rtl": ("فيضان في المدينة", good, "relief_info", ""),
     }
     path = tmp_path / "raw" / "posts.csv"
@@ -263,3 +263,77 @@ def test_real_crisismmd_ledger_identity(shared_data: Path, tmp_path: Path,
     assert report["sources"]["crisismmd_dev"]["in"] == 998
     assert set(result["val"]["id"]) <= set(range(6127, 6126 + 998 + 1))  # dev rows only
     assert set(DROPS) == set(report["drops"])
+
+
+def _event_source(tmp_path: Path, make_image: Callable[..., Path]) -> dict:
+    """Four events, 8 posts per class each, one picture per post; one 'nepal' post reuses a
+    'sandy' picture (the misinformation pattern: an image from another disaster)."""
+    path = tmp_path / "posts.csv"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text", "image_path", "label", "event"])
+        for event in ("sandy", "nepal", "boston", "paris"):
+            for c, label in enumerate(CLASSES):
+                for i in range(8):
+                    name = f"{event}_{label}_{i}.png"
+                    make_image(name, (64, 64), noise=True)
+                    writer.writerow([f"{event}-{label}-{i}", f"{event} {label} post {i}", name,
+                                     label, event])
+        writer.writerow(["reused", "nepal shark on the highway", "sandy_urgent_help_0.png",
+                         "misinformation", "nepal"])
+    return {"path": str(path), "image_root": str(tmp_path)}
+
+
+def test_held_out_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         make_image: Callable[..., Path]) -> None:
+    source = _event_source(tmp_path, make_image)
+    result = run_prepare(tmp_path, monkeypatch, [source], balance="none",
+                         test_events=["sandy"], group_by="event", val_size=0.5)
+    check_accounting(result, tmp_path, rows_in=129)
+    test_ids = set(result["test_balanced"]["id"])
+    ledger = result["ledger"].set_index("row_id")
+    assert {ledger.loc[i, "ledger_id"] for i in ledger.index if i.startswith("sandy")} == test_ids
+    # group_by=event: the nepal post that shares a sandy picture links all of nepal to the
+    # held-out event, so nepal is dropped rather than trained on (it would leak).
+    nepal = [i for i in ledger.index if i.startswith("nepal") or i == "reused"]
+    assert (ledger.loc[nepal, "reason"] == "split_leak").all()
+    others = [i for i in ledger.index if i.startswith(("boston", "paris"))]
+    assert (ledger.loc[others, "fate"] == "kept").all()
+    lines = result["ledger"].set_index("ledger_id")
+    val = {i.split("-")[0] for i in lines.loc[result["val"]["id"], "row_id"]}
+    train = {i.split("-")[0] for i in lines.loc[result["train_balanced"]["id"], "row_id"]}
+    assert len(val) == len(train) == 1 and val | train == {"boston", "paris"}  # unseen in val too
+    # By content only, just the post with the reused picture is dropped.
+    result = run_prepare(tmp_path, monkeypatch, [source], balance="none", test_events=["sandy"])
+    assert result["ledger"].set_index("row_id").loc["reused", "reason"] == "split_leak"
+    assert result["report"]["drops"]["split_leak"] == 1
+
+
+def test_random_event_split_keeps_events_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               make_image: Callable[..., Path]) -> None:
+    source = _event_source(tmp_path, make_image)
+    result = run_prepare(tmp_path, monkeypatch, [source], balance="none", group_by="event",
+                         test_size=0.34, val_size=0.5)
+    lines = result["ledger"].set_index("ledger_id")
+    found = []
+    for name in ("train_balanced", "val", "test_balanced"):
+        found.append(frozenset({lines.loc[i, "row_id"].split("-")[0] for i in result[name]["id"]}
+                               - {"reused"}))
+    # One event per split, but nepal shares a picture with sandy: those two go together.
+    assert sorted(found, key=sorted) == sorted(
+        [{"boston"}, {"paris"}, {"nepal", "sandy"}], key=sorted)
+
+
+def test_an_untracked_source_is_refused_by_the_stage(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     messy_source: tuple[dict, dict]) -> None:
+    source, _ = messy_source
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"prepare": {"cmd": "python -m stages.prepare", "deps": ["dataset/raw"]}}}))
+    with pytest.raises(SystemExit) as caught:
+        run_prepare(tmp_path, monkeypatch, [source])
+    assert str(caught.value).startswith("prepare: error: ")
+    assert "posts.csv is not tracked by DVC" in str(caught.value)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"prepare": {"cmd": "python -m stages.prepare", "deps": ["raw"]}}}))
+    check_accounting(run_prepare(tmp_path, monkeypatch, [source]), tmp_path, 84)
