@@ -134,29 +134,22 @@ def settings(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return classes, cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    try:
-        params = load_params(args.params)
-        classes, cfg = settings(params)
-        sources = parse_sources(params, classes)
-        tracking.check_tracked("prepare", [p for s in sources for p in (s.path, s.image_root)])
-        records = [r for s in sources for r in read_source(s)]
-        DATASET.mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=DATASET) as staging:
-            store = ImageStore(Path(staging), cfg["max_side"], cfg["dummy_size"])
-            table = clean_rows(records, store, bool(cfg["strip_urls"]))
-            live, out, groups = split_rows(table, classes, cfg, store)
-            train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
-            written = {"images_train": store.export(DATASET / "images_train", train_digests),
-                       "images_test": store.export(DATASET / "images_test",
-                                                   out["test_balanced"]["digest"])}
-    except (ParamsError, SourceError, PrepareError, tracking.UntrackedError) as exc:
-        raise SystemExit(f"prepare: error: {exc}") from None
+def run(params_file: Path) -> dict[str, Any]:
+    """The whole stage: read, clean, group, split, balance, write; returns the report."""
+    params = load_params(params_file)
+    classes, cfg = settings(params)
+    sources = parse_sources(params, classes)
+    tracking.check_tracked("prepare", [p for s in sources for p in (s.path, s.image_root)])
+    records = [r for s in sources for r in read_source(s)]
+    DATASET.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=DATASET) as staging:
+        store = ImageStore(Path(staging), cfg["max_side"], cfg["dummy_size"])
+        table = clean_rows(records, store, bool(cfg["strip_urls"]))
+        live, out, groups = split_rows(table, classes, cfg, store)
+        train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
+        written = {"images_train": store.export(DATASET / "images_train", train_digests),
+                   "images_test": store.export(DATASET / "images_test",
+                                               out["test_balanced"]["digest"])}
     write_json(DATASET / "classes.json", classes)
     # What shapes a model's input: predict reads it back through model.json, not params.yaml.
     write_json(DATASET / "input.json", {key: cfg[key] for key in INPUT_KEYS})
@@ -166,8 +159,23 @@ def main(argv: list[str] | None = None) -> None:
     csvsafe.write_csv(lines, REPORTS / "prepare_ledger.csv")
     report = ledger.summary(table, lines, live, out, classes, store, written) | {"groups": groups}
     write_json(REPORTS / "prepare.json", report)
+    return report | {"outputs": {name: len(frame) for name, frame in out.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        report = run(args.params)
+    except (ParamsError, SourceError, PrepareError, tracking.UntrackedError) as exc:
+        raise SystemExit(f"prepare: error: {exc}") from None
+    except OSError as exc:  # a full disk, an unwritable dataset/: name the file
+        raise SystemExit(f"prepare: error: {exc.filename or ''}: {exc.strerror or exc}") from None
     print(f"prepare: {report['rows']} in {time.perf_counter() - started:.1f}s; "
-          f"rows out: { {name: len(frame) for name, frame in out.items()} }")
+          f"rows out: {report['outputs']}")
 
 
 if __name__ == "__main__":

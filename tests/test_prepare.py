@@ -337,3 +337,24 @@ def test_an_untracked_source_is_refused_by_the_stage(tmp_path: Path,
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
         {"stages": {"prepare": {"cmd": "python -m stages.prepare", "deps": ["raw"]}}}))
     check_accounting(run_prepare(tmp_path, monkeypatch, [source]), tmp_path, 84)
+
+
+@pytest.mark.parametrize("case", ["too_few_rows", "dataset_is_a_file", "params_missing"])
+def test_every_known_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              messy_source: tuple[dict, dict], case: str) -> None:
+    source, _ = messy_source
+    if case == "too_few_rows":
+        tiny = tmp_path / "tiny.csv"
+        tiny.write_text("text,image_path,label\nflood,a.jpg,urgent_help\nrain,b.jpg,irrelevant\n")
+        source = {"path": str(tiny), "image_root": str(tmp_path)}
+    elif case == "dataset_is_a_file":
+        (tmp_path / "dataset").write_text("not a folder")
+    with pytest.raises(SystemExit) as caught:
+        if case == "params_missing":
+            monkeypatch.chdir(tmp_path)
+            prepare.main(["--params", str(tmp_path / "nowhere.yaml")])
+        run_prepare(tmp_path, monkeypatch, [source])
+    message = str(caught.value)
+    assert message.startswith("prepare: error: ") and "Traceback" not in message
+    assert {"too_few_rows": "too few to split", "dataset_is_a_file": "dataset",
+            "params_missing": "nowhere.yaml"}[case] in message
