@@ -3,15 +3,21 @@ property tests (never raises, idempotent, valid UTF-8, no emoji, no tags)."""
 from __future__ import annotations
 
 import csv
+import html
+import re
 import time
+import unicodedata
 from html.parser import HTMLParser
 from pathlib import Path
+from unittest import mock
 
 import emoji
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from stages.text import REPAIRS, clean_text, clean_text_explained, decode_bytes
+from stages import text as cleaner
+from stages.text import (MAX_TEXT_CHARS, REPAIRS, clean_text, clean_text_explained,
+                         decode_bytes)
 
 
 def _crisismmd_texts(shared: Path) -> list[str]:
@@ -169,3 +175,141 @@ def test_cleaner_properties(text: str, strip_urls: bool) -> None:
     oracle.close()
     assert oracle.found == []
     assert cleaned == cleaned.strip() and "  " not in cleaned
+
+
+# --- Non-Latin scripts -------------------------------------------------------------------
+
+def _alphabet(*blocks: tuple[int, int]) -> list[str]:
+    """Letters, marks and digits of the given blocks (no punctuation, symbols or format)."""
+    return [chr(c) for lo, hi in blocks for c in range(lo, hi + 1)
+            if unicodedata.category(chr(c))[:1] in "LM" or unicodedata.category(chr(c)) == "Nd"]
+
+
+_SCRIPTS = {"greek": _alphabet((0x0370, 0x03FF), (0x1F00, 0x1FFF)),
+            "cyrillic": _alphabet((0x0400, 0x04FF)),
+            "arabic": _alphabet((0x0600, 0x06FF)),
+            "cjk": _alphabet((0x4E00, 0x9FFF)),
+            "devanagari": _alphabet((0x0900, 0x097F))}
+_SCRIPT_TEXTS = st.sampled_from(sorted(_SCRIPTS)).flatmap(lambda name: st.text(
+    st.sampled_from(_SCRIPTS[name] + list("0123456789 ")), max_size=30))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_SCRIPT_TEXTS)
+def test_non_latin_scripts_survive(text: str) -> None:
+    # Only the documented normalisations: NFC and collapsed whitespace (30 characters cannot
+    # hold a run of more than 30 stacked marks, the one other thing that is cut).
+    cleaned, steps = clean_text_explained(text)
+    assert cleaned == unicodedata.normalize("NFC", " ".join(text.split()))
+    assert not steps & REPAIRS, steps
+
+
+def test_the_non_latin_property_can_fail() -> None:
+    # Negative control: a generator that mixed in emoji would be caught by the same check.
+    text = "Привет 😀"
+    assert clean_text(text) != unicodedata.normalize("NFC", " ".join(text.split()))
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("ἀ4 ὠ2 test", "ἀ4 ὠ2 test"),                # was eaten whole: "test"
+    ("ὠ2 ἀλλά ὠ5", "ὠ2 ἀλλά ὠ5"),                 # Greek text: no lead is an emoji
+    ("Καλημέρα ὠ2 flood", "Καλημέρα ὠ2 flood"),  # Greek letters elsewhere: Greek
+    ("ὠ2 Привет", "ὠ2 Привет"),                  # no Latin letter: no evidence of damage
+    ("ἀ4 test", "ἀ4 test"),                      # U+1F004 lies below the damaged leads
+    ("Mora \u1f605 Story", "Mora Story"),        # CrisisMMD damage, still repaired
+    ("Puerto Rico\u1f1f5\u1f1f7 now", "Puerto Rico now"),  # a damaged flag
+])
+def test_damaged_emoji_only_in_latin_text(raw: str, expected: str) -> None:
+    cleaned, steps = clean_text_explained(raw)
+    assert cleaned == expected
+    assert ("damaged_emoji" in steps) == (cleaned != raw)
+
+
+# --- Length cap and hostile input -------------------------------------------------------
+
+def test_long_text_is_truncated_and_recorded() -> None:
+    assert "truncated" in REPAIRS and "stacked_marks" in REPAIRS
+    text = "flood " * (MAX_TEXT_CHARS // 6 + 100)
+    cleaned, steps = clean_text_explained(text)
+    assert len(cleaned) <= MAX_TEXT_CHARS and cleaned.startswith("flood flood")
+    assert "truncated" in steps
+    assert "truncated" not in clean_text_explained(text[:MAX_TEXT_CHARS])[1]
+    assert clean_text_explained(cleaned) == (cleaned, frozenset())
+    uncapped, steps = clean_text_explained(text, max_chars=None)
+    assert len(uncapped) > MAX_TEXT_CHARS and "truncated" not in steps
+    # Normalising can lengthen a text (a ligature becomes three letters): still capped, and
+    # cleaning the result again changes nothing.
+    ligatures = "\ufb03" * MAX_TEXT_CHARS
+    cleaned, steps = clean_text_explained(ligatures)
+    assert cleaned == ("ffi" * MAX_TEXT_CHARS)[:MAX_TEXT_CHARS] and "truncated" in steps
+    assert clean_text(cleaned) == cleaned
+
+
+@pytest.mark.parametrize("raw, expected, step", [
+    ("<a" * 5000, "<a" * 5000, None),                     # no `>`: not a tag, kept
+    ("<!--" * 2000 + "x", "<!--" * 2000 + "x", None),
+    ("<!--a>" * 2000 + "ok", "ok", "html_tags"),
+    ("<a" * 5000 + ">ok", "ok", "html_tags"),
+    ("<b>x<!-- <i> -->y</b", "x y</b", "html_tags"),
+    ("&" + "amp;" * 5000 + "lt;b&gt;", "", "html_tags"),   # nested escaping, undone in full
+    ("&#" + "1" * 5000 + "; x", "\ufffd x", "html_entities"),   # raised ValueError before
+    ("&#" + "0" * 5000 + "38; x", "& x", "html_entities"),
+    ("&#" + "0" * 5000 + "; x", "\ufffd x", "html_entities"),
+    ("\\" * 5000 + "x", "\\" * 5000 + "x", None),
+    ("\\" * 5000 + "n x", "x", "literal_escapes"),
+    ("a" + "\u0301\u0316" * 5000, unicodedata.normalize("NFC", "a" + "\u0301\u0316" * 15),
+     "stacked_marks"),
+    ("flood " + "\U0001F468\u200d" * 5000 + "help", "flood help", "emoji"),
+    ("flood " + "\U0001F468\u200da" * 3000, "flood" + " a" * 3000, "emoji"),
+])
+def test_hostile_inputs(raw: str, expected: str, step: str | None) -> None:
+    cleaned, steps = clean_text_explained(raw, max_chars=None)
+    assert cleaned == expected
+    assert (step in steps) if step else not steps & REPAIRS
+    assert clean_text_explained(cleaned, max_chars=None)[0] == cleaned
+
+
+def test_entities_nested_deeper_than_the_passes_are_defused() -> None:
+    # `&&&#35;35;35;` needs one unescape per `&`: past _ENTITY_PASSES the rest is defused.
+    deep = "&" * 50 + "&#35;" + "35;" * 50
+    cleaned, steps = clean_text_explained(deep)
+    assert "html_entities" in steps and html.unescape(cleaned) == cleaned
+    assert clean_text(cleaned) == cleaned
+    shallow = "&" * 2 + "&#35;" + "35;" * 2          # within the passes: decoded in full
+    assert clean_text(shallow) == "#"
+
+
+_OLD_TAG = re.compile(r"<!--.*?-->|<[!?][^>]*>|</?[A-Za-z][^>]*>", re.DOTALL)
+
+
+def _old_strip_tags(text: str) -> str:
+    while (stripped := _OLD_TAG.sub(" ", text)) != text:
+        text = stripped
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["<", ">", "a", "!", "?", "/", "-", "--", "<!--", "-->", " ",
+                                 "</b", "<!", "x>"]), max_size=25).map("".join))
+def test_tag_scan_matches_the_regular_expression(text: str) -> None:
+    assert cleaner._strip_tags(text) == _old_strip_tags(text)
+
+
+_EMOJI_BITS = st.sampled_from([
+    "\U0001F468", "\U0001F469", "\U0001F467", "\u200d", "\U0001F3FD", "\U0001F9B0", "\U0001F1F3",
+    "\U0001F1F5", "1", "#", "\u20e3", "\u2764", "\U0001F525", "\U0001F3F4", "\U000E0067",
+    "\U000E007F", "a", " ", "\u0915", "\u2640", "\u27a1", "\u00a9", "\U0001F91D", "\U0001F9D1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_EMOJI_BITS, max_size=30).map("".join))
+def test_chunked_emoji_removal_matches_the_library(text: str) -> None:
+    # Chunks of one character: the text is cut at every place the cleaner deems safe.
+    with mock.patch.object(cleaner, "_EMOJI_CHUNK", 1), \
+            mock.patch.object(cleaner, "_EMOJI_TANGLE", re.compile(r"(?!)")):
+        assert cleaner._replace_emoji(text) == emoji.replace_emoji(text, replace=" ")
+
+
+def test_emoji_tangles_lose_only_emoji() -> None:
+    tangle = "\u200d\U0001F3FB\u200d\u20e3" * 100
+    assert cleaner._replace_emoji("ok " + tangle + " go").split() == ["ok", "go"]
