@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages import csvsafe, groups as grouping, ledger, split as splitting, tracking
+from stages import config, csvsafe, groups as grouping, ledger, split as splitting, tracking
 from stages.files import write_json
 from stages.images import ImageStore
-from stages.params import ParamsError, choice, load_params, require
+from stages.params import ParamsError
 from stages.sources import Record, SourceError, parse_sources, read_source
 from stages.text import REPAIRS, clean_text_explained
 
@@ -56,29 +56,30 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
     return pd.DataFrame(rows)
 
 
-def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any], store: ImageStore
+def split_rows(table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfig,
+               store: ImageStore
                ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
     """Surviving rows with their split and image_path, the output tables by file stem, and
     the grouping report. Marks rows dropped by the split or by balancing in `table`."""
     live = table[~table["kinds"].map(ledger.is_dropped)].copy()
     if live.empty:
         raise PrepareError("no rows left after reading and cleaning (see the ledger)")
-    seed = cfg["seed"]
+    seed = cfg.seed
     hashes = {d: grouping.image_hash(store.staging / f"{d}.jpg")
               for d in sorted(set(live["digest"]) - {store.dummy})}
     groups = grouping.group_rows(live["digest"].tolist(), live["text"].tolist(),
                                  live["event"].tolist(), store.dummy, hashes,
-                                 cfg["near_duplicate_bits"], cfg["min_shared_words"],
-                                 cfg["group_by"] == "event")
+                                 cfg.near_duplicate_bits, cfg.min_shared_words,
+                                 cfg.group_by == "event")
     live["group"] = groups.group
     fixed = live["split"].to_numpy(dtype=object)
-    held_events = live["event"].isin(cfg["test_events"]).to_numpy()
-    if cfg["test_events"]:  # held-out events replace the sources' own splits
+    held_events = live["event"].isin(cfg.test_events).to_numpy()
+    if cfg.test_events:  # held-out events replace the sources' own splits
         fixed = np.where(held_events, "test", None)
-    test_size = 0.0 if cfg["test_events"] else cfg["test_size"]  # the test split is given
+    test_size = 0.0 if cfg.test_events else cfg.test_size  # the test split is given
     split, leaked = splitting.assign_splits(live["label"], live["group"], fixed, test_size,
-                                            cfg["val_size"], seed, cfg["split_leaks"])
-    if cfg["test_events"]:  # posts of other events linked to a held-out one would leak
+                                            cfg.val_size, seed, cfg.split_leaks)
+    if cfg.test_events:  # posts of other events linked to a held-out one would leak
         leaked |= (split == "test") & ~held_events
     live["split"] = split
     _mark(table, live.loc[leaked, "id"], "split_leak")
@@ -86,19 +87,19 @@ def split_rows(table: pd.DataFrame, classes: list[str], cfg: dict[str, Any], sto
     folder = np.where(live["split"] == "test", "images_test/", "images_train/")
     live["image_path"] = folder + live["digest"] + ".jpg"
     part = {s: live[live["split"] == s] for s in splitting.SPLIT_ORDER}
-    out = {"train_balanced": splitting.balance(part["train"], classes, cfg["balance"], seed),
+    out = {"train_balanced": splitting.balance(part["train"], classes, cfg.balance, seed),
            "val": part["val"].sort_values("id"),
-           "test_balanced": splitting.balance(part["test"], classes, cfg["balance"], seed)}
+           "test_balanced": splitting.balance(part["test"], classes, cfg.balance, seed)}
     if empty := [name for name, frame in out.items() if frame.empty]:
         raise PrepareError(f"{', '.join(empty)} would be empty: {len(live)} rows in "
                            f"{live['group'].nunique()} groups are too few to split")
     for name in ("train_balanced", "test_balanced"):
         out[f"{name}_100"] = splitting.take_per_class(out[name], classes,
-                                                      cfg["per_class_small"], seed, name)
+                                                      cfg.per_class_small, seed, name)
     out["train_balanced_100_interleaved"] = splitting.interleave(out["train_balanced_100"], classes)
     used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
     _mark(table, live.loc[~live["id"].isin(used), "id"], "downsampled")
-    audit = grouping.audit(live, hashes, cfg["near_duplicate_bits"], cfg["min_shared_words"])
+    audit = grouping.audit(live, hashes, cfg.near_duplicate_bits, cfg.min_shared_words)
     return live, out, {"count": groups.count, "largest": groups.largest,
                        "merged_by": groups.merged, "shares": splitting.shares(live, classes),
                        "across_splits": audit}
@@ -109,42 +110,17 @@ def _mark(table: pd.DataFrame, ids: pd.Series, kind: str) -> None:
     table.loc[rows, "kinds"] = table.loc[rows, "kinds"].map(lambda k: k + [kind])
 
 
-def settings(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    classes = require(params, "classes")
-    if (not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes)
-            or not all(isinstance(c, str) and c.strip() for c in classes)):
-        raise ParamsError(f"params.yaml: classes must be a list of distinct names, got {classes!r}")
-    cfg = {key: require(params, f"prepare.{key}") for key in (
-        "seed", "strip_urls", "dummy_size", "max_side", "test_size", "val_size", "per_class_small",
-        "near_duplicate_bits", "min_shared_words", "test_events")}
-    cfg["balance"] = choice(params, "prepare.balance", splitting.BALANCE_MODES)
-    cfg["group_by"] = choice(params, "prepare.group_by", ("content", "event"))
-    cfg["split_leaks"] = choice(params, "prepare.split_leaks", splitting.LEAK_MODES)
-    for key, kind, low, high in (("test_size", float, 0, 1), ("val_size", float, 0, 1),
-                                 ("dummy_size", int, 0, 1e5), ("max_side", int, 15, 1e5),
-                                 ("per_class_small", int, 0, 1e9), ("seed", int, -1, 2**32),
-                                 ("near_duplicate_bits", int, -2, 256),
-                                 ("min_shared_words", int, 0, 1e4)):
-        value = cfg[key]
-        if type(value) not in (int, kind) or not low < value < high:  # type(): no bools
-            raise ParamsError(f"params.yaml: prepare.{key}={value!r} must be {kind.__name__} "
-                              f"strictly between {low} and {high:g}")
-    if not isinstance(cfg["test_events"], list):
-        raise ParamsError("params.yaml: prepare.test_events must be a list of event names")
-    return classes, cfg
-
-
 def run(params_file: Path) -> dict[str, Any]:
     """The whole stage: read, clean, group, split, balance, write; returns the report."""
-    params = load_params(params_file)
-    classes, cfg = settings(params)
-    sources = parse_sources(params, classes)
+    stage = config.load(config.PrepareStage, params_file)
+    classes, cfg = list(stage.classes), stage.prepare
+    sources = parse_sources(stage.data.sources, classes)
     tracking.check_tracked("prepare", [p for s in sources for p in (s.path, s.image_root)])
     records = [r for s in sources for r in read_source(s)]
     DATASET.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=DATASET) as staging:
-        store = ImageStore(Path(staging), cfg["max_side"], cfg["dummy_size"])
-        table = clean_rows(records, store, bool(cfg["strip_urls"]))
+        store = ImageStore(Path(staging), cfg.max_side, cfg.dummy_size)
+        table = clean_rows(records, store, cfg.strip_urls)
         live, out, groups = split_rows(table, classes, cfg, store)
         train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
         written = {"images_train": store.export(DATASET / "images_train", train_digests),
@@ -152,7 +128,7 @@ def run(params_file: Path) -> dict[str, Any]:
                                                out["test_balanced"]["digest"])}
     write_json(DATASET / "classes.json", classes)
     # What shapes a model's input: predict reads it back through model.json, not params.yaml.
-    write_json(DATASET / "input.json", {key: cfg[key] for key in INPUT_KEYS})
+    write_json(DATASET / "input.json", {key: getattr(cfg, key) for key in INPUT_KEYS})
     for name, frame in out.items():
         csvsafe.write_csv(frame[COLUMNS], DATASET / f"{name}.csv")
     lines = ledger.ledger(table)

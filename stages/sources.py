@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from stages.params import ParamsError
 from stages.text import restore_undecodable
@@ -86,10 +86,9 @@ class Record:
     event: str | None = None       # the disaster the post is about, when the source says
 
 
-def parse_sources(params: dict[str, Any], classes: list[str]) -> list[Source]:
-    """Validate `data.sources`; errors name the source and the key."""
-    entries = (params.get("data") or {}).get("sources")
-    if not isinstance(entries, list) or not entries:
+def parse_sources(entries: Sequence[Any], classes: Sequence[str]) -> list[Source]:
+    """Validate the entries of `data.sources`; errors name the source and the key."""
+    if not isinstance(entries, (list, tuple)) or not entries:
         raise ParamsError("params.yaml: data.sources must be a non-empty list")
     sources, names = [], set()
     for i, entry in enumerate(entries):
@@ -117,7 +116,7 @@ def parse_sources(params: dict[str, Any], classes: list[str]) -> list[Source]:
     return sources
 
 
-def _label_map(given: Any, fmt: str, classes: list[str], where: str) -> dict[str, str]:
+def _label_map(given: Any, fmt: str, classes: Sequence[str], where: str) -> dict[str, str]:
     if given is None:
         defaults = {k: v for k, v in DEFAULT_LABEL_MAPS[fmt].items() if v in classes}
         return defaults | {c: c for c in classes}

@@ -15,7 +15,7 @@ CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
 
 def _source(path: Path, fmt: str = "csv", classes: list[str] = CLASSES, **extra) -> Source:
     entry = {"path": str(path), "format": fmt, "image_root": str(path.parent)} | extra
-    return parse_sources({"data": {"sources": [entry]}}, classes)[0]
+    return parse_sources([entry], classes)[0]
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -155,15 +155,15 @@ def test_crisismmd_missing_label_column(tmp_path: Path) -> None:
 ])
 def test_bad_source_params(entry: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=message):
-        parse_sources({"data": {"sources": [entry]}}, CLASSES)
+        parse_sources([entry], CLASSES)
 
 
 def test_source_params_defaults_and_duplicates() -> None:
     with pytest.raises(ParamsError, match="used twice"):
-        parse_sources({"data": {"sources": [{"path": "a/x.csv"}, {"path": "b/x.csv"}]}}, CLASSES)
+        parse_sources([{"path": "a/x.csv"}, {"path": "b/x.csv"}], CLASSES)
     with pytest.raises(ParamsError, match="non-empty list"):
-        parse_sources({"data": {"sources": []}}, CLASSES)
-    (source,) = parse_sources({"data": {"sources": [{"path": "d/x.tsv", "format": "mediaeval"}]}},
+        parse_sources([], CLASSES)
+    (source,) = parse_sources([{"path": "d/x.tsv", "format": "mediaeval"}],
                               ["fake", "real"])
     assert source.name == "x" and source.image_root == Path("d")
     assert source.label_map == {"fake": "fake", "real": "real"}

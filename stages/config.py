@@ -1,0 +1,158 @@
+"""Typed, validated configuration: one frozen dataclass per params.yaml section, and one per
+stage that gathers the sections the stage reads (the same ones its `params:` list in dvc.yaml
+names), built once from params.yaml.
+
+Every key is declared here once, with its type, its allowed values or range (field metadata)
+and a comment saying what it does; params.yaml gives every value (no key has a silent default
+in code). A missing key, an unknown key, a wrong type or a value out of range is an error
+naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from stages.params import ParamsError, load_params
+
+T = TypeVar("T")
+
+
+def bounded(low: float | None = None, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> Any:
+    """A field whose number must lie in [low, high] (or open at an end)."""
+    return field(metadata={"low": low, "high": high, "open_low": open_low,
+                           "open_high": open_high})
+
+
+def build(cls: type[T], node: Any, where: str = "") -> T:
+    """`cls` from a params mapping; `where` is the dotted key of `node` (for messages)."""
+    label = where or "params.yaml (top level)"
+    if not isinstance(node, dict):
+        raise ParamsError(f"params.yaml: {label} must be a mapping, got {node!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if unknown := sorted(set(map(str, node)) - set(known)):
+        raise ParamsError(f"params.yaml: unknown key(s) {', '.join(_join(where, u) for u in unknown)}"
+                          f"; {label} takes {', '.join(known)}")
+    values = {}
+    for spec in fields(cls):  # type: ignore[arg-type]
+        key = _join(where, spec.name)
+        if spec.name not in node:
+            if spec.default is not MISSING:
+                values[spec.name] = spec.default
+                continue
+            raise ParamsError(f"params.yaml: missing key '{key}'")
+        values[spec.name] = _convert(hints[spec.name], node[spec.name], key, spec.metadata)
+    return cls(**values)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _convert(kind: Any, value: Any, key: str, meta: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if is_dataclass(kind):
+        return build(kind, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, key, meta)
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"params.yaml: {key}={value!r} is not one of "
+                              f"{', '.join(map(str, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"params.yaml: {key} must be a list, got {value!r}")
+        return tuple(_convert(args[0], item, f"{key}[{i}]", meta) for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"params.yaml: {key} must be a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}", meta) for k, v in value.items()}
+    if kind is Any:
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params.yaml: {key}={value!r} must be true or false")
+        return value
+    if kind in (int, float):
+        # bool is an int to Python, never to a user; an int is a fine float, not vice versa
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise ParamsError(f"params.yaml: {key}={value!r} must be {kind.__name__}")
+        _check_range(kind(value), key, meta)
+        return kind(value)
+    if kind is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ParamsError(f"params.yaml: {key}={value!r} must be a non-empty string")
+        return value
+    raise TypeError(f"config: no conversion for {kind!r} ({key})")  # a bug here, not in params
+
+
+def _check_range(value: float, key: str, meta: Any) -> None:
+    low, high = meta.get("low"), meta.get("high")
+    bad_low = low is not None and (value <= low if meta.get("open_low") else value < low)
+    bad_high = high is not None and (value >= high if meta.get("open_high") else value > high)
+    if bad_low or bad_high:
+        left = "(" if meta.get("open_low") else "["
+        right = ")" if meta.get("open_high") else "]"
+        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ParamsError(f"params.yaml: {key}={value!r} must be in {span}")
+
+
+def load(cls: type[T], path: Path = Path("params.yaml")) -> T:
+    """A stage's config from params.yaml: only the sections `cls` declares are read, so a
+    stage is not stopped by a problem in a section it does not use (as DVC does not re-run it
+    when one changes)."""
+    params = load_params(path)
+    wanted = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return build(cls, {k: v for k, v in params.items() if k in wanted})
+
+
+# --- top level -------------------------------------------------------------------------
+
+def check_classes(classes: tuple[str, ...]) -> tuple[str, ...]:
+    if not classes or len(set(classes)) != len(classes):
+        raise ParamsError(f"params.yaml: classes must be a list of distinct names, got "
+                          f"{list(classes)!r}")
+    return classes
+
+
+# --- prepare ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Each source: {name, path, format, image_root, label_map, label_column, split}, checked
+    # by stages.sources.parse_sources, which owns those keys and their defaults per format.
+    sources: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    seed: int = bounded(0, 2**32 - 1)
+    strip_urls: bool = field()
+    dummy_size: int = bounded(1, 100_000)         # side of the white dummy image, px
+    max_side: int = bounded(16, 100_000)          # longest side after normalisation, px
+    test_size: float = bounded(0, 1, open_low=True, open_high=True)
+    val_size: float = bounded(0, 1, open_low=True, open_high=True)
+    near_duplicate_bits: int = bounded(-1, 255)   # -1: near-duplicate images not grouped
+    min_shared_words: int = bounded(1)
+    group_by: Literal["content", "event"] = field()
+    test_events: tuple[str, ...] = field()
+    split_leaks: Literal["drop", "keep"] = field()
+    balance: Literal["downsample", "none"] = field()
+    per_class_small: int = bounded(1)
+
+
+@dataclass(frozen=True)
+class PrepareStage:
+    classes: tuple[str, ...]
+    data: DataConfig
+    prepare: PrepareConfig
+
+    def __post_init__(self) -> None:
+        check_classes(self.classes)
