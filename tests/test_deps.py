@@ -111,3 +111,30 @@ def test_an_untracked_source_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
     for outside in ("elsewhere/posts.csv", "dataset/raw/link/posts.csv", "/tmp/x.csv"):
         with pytest.raises(tracking.UntrackedError, match="not tracked by DVC.*dataset/raw"):
             tracking.check_tracked("prepare", [Path(outside)])
+
+
+STAGE_MODULES = {"prepare", "featurize", "train", "evaluate", "explain", "predict"}
+
+
+def stage_imports(root: Path = ROOT) -> dict[str, set[str]]:
+    """For each stage module, the other stage modules it imports (should be none)."""
+    found = {}
+    for name in STAGE_MODULES:
+        path = root / PACKAGE / f"{name}.py"
+        if path.is_file():
+            others = {m.split(".")[1] for m in imported(path, root) if m.count(".") >= 1}
+            found[name] = (others & STAGE_MODULES) - {name}
+    return found
+
+
+def test_no_stage_module_imports_another() -> None:
+    assert {s: o for s, o in stage_imports().items() if o} == {}
+
+
+def test_the_stage_import_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / PACKAGE).mkdir()
+    for name in ("__init__", "prepare", "text"):
+        (tmp_path / PACKAGE / f"{name}.py").write_text("")
+    (tmp_path / PACKAGE / "predict.py").write_text(
+        "from stages.text import clean\ndef f():\n    from stages.prepare import settings\n")
+    assert stage_imports(tmp_path) == {"prepare": set(), "predict": {"prepare"}}
