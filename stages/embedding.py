@@ -40,8 +40,11 @@ def embed_texts(items: Items, todo: list, encoder: Encoder, batch: int, show: bo
     with tqdm(total=sum(len(s) for _, s, _ in todo), unit="text", disable=None if show else True,
               desc=f"texts ({len(items.values)} distinct)") as bar:
         for path, span, tag in todo:
-            # Length-sorted batches pad less; the order depends on the shard's content only.
-            order = sorted(span, key=lambda i: len(items.values[i]))
+            # Length-sorted batches pad less (by tokens where the encoder counts them: by
+            # characters, emoji and hashtags left ~2x padding); the order depends on the
+            # shard's content only.
+            lengths = encoder.text_lengths([items.values[i] for i in span])
+            order = [span[k] for k in np.argsort(lengths, kind="stable")]
             out = np.empty((len(span), encoder.text_dim), np.float32)
             for b in range(0, len(order), batch):
                 ids = order[b:b + batch]

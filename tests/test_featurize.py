@@ -135,6 +135,31 @@ def test_stage_writes_the_contract_deterministically(tmp_path: Path, monkeypatch
     assert first == {s: (tmp_path / "features" / f"{s}.safetensors").read_bytes() for s in FILES}
 
 
+def test_torch_runtime_gives_the_onnx_features_within_tolerance(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """`-S featurize.offline.runtime=torch` still runs the stage; its features are the
+    default (onnx) run's to cosine >= 0.9999, under another fingerprint."""
+    out = {}
+    for runtime in ("onnx", "torch"):
+        root = tmp_path / runtime
+        make_dataset(root)
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["featurize"]["offline"]["runtime"] = runtime
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.chdir(root)
+        featurize.main()
+        out[runtime] = ({s: load_file(root / "features" / f"{s}.safetensors") for s in FILES},
+                        json.loads((root / "features" / "meta.json").read_text()))
+    (onnx, onnx_meta), (eager, eager_meta) = out["onnx"], out["torch"]
+    assert onnx_meta["fingerprint"] != eager_meta["fingerprint"]
+    for split in FILES:
+        for kind in ("image", "text"):
+            a, b = onnx[split][kind], eager[split][kind]
+            cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            assert cos.min() >= 0.9999, (split, kind, cos)
+        np.testing.assert_array_equal(onnx[split]["id"], eager[split]["id"])
+
+
 def test_each_distinct_text_and_image_is_embedded_once(tmp_path: Path) -> None:
     make_dataset(tmp_path)
     encoder = FakeEncoder()

@@ -45,6 +45,11 @@ class Encoder(ABC):
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """float32 [B, image_dim] from a batch of `preprocess` outputs stacked on dim 0."""
 
+    def text_lengths(self, texts: list[str]) -> list[int]:
+        """How long each text is for the model, to batch texts of similar length together
+        (padding is wasted work): characters here, tokens where a backend can count them."""
+        return [len(text) for text in texts]
+
     @abstractmethod
     def fingerprint(self) -> str:
         """Hex digest naming the embedding function: weight files plus extraction settings."""
