@@ -19,14 +19,20 @@ SPLIT_ORDER = ("train", "val", "test")
 
 
 def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: int,
-            tries: int = 32) -> np.ndarray:
+            tries: int = 64) -> np.ndarray:
     """Mask of rows held out: whole groups, as close to `share` of the rows of every class as
     the groups allow (any share in (0, 1), not rounded to 1/k folds).
 
-    Greedy: visit groups in some order and take one when it brings the held-out class counts
-    closer to their targets, then toggle single groups while that helps. One group can hold a
-    fifth of a corpus (crisis4: 1,977 posts of one picture), so one visiting order can get
-    stuck; the best of the largest-first order and `tries` seeded random orders is kept."""
+    Groups are visited in a seeded random order and one is taken when it brings the held-out
+    class counts closer to their targets, then single groups are toggled while that helps.
+    The first order whose result is within tolerance (all rows within 1%, each class within
+    2% of its rows or 2 posts) is used, else the closest of `tries`. When a few groups hold
+    most rows (crisis4: one picture has 953 posts, one group 1,977), a held-out side that
+    meets the share can only take few of them, so it holds more distinct, less shared
+    pictures than a random fold would (crisis4 test: 106 misinformation pictures for 1,418
+    posts, vs 39 for 1,416 with the former 1/k StratifiedGroupKFold fold). That is the price
+    of exact shares; docs/RESULTS.md reports it.
+    """
     labels, groups = np.asarray(labels, dtype=object), np.asarray(groups, dtype=object)
     if share <= 0 or len(labels) == 0:
         return np.zeros(len(labels), dtype=bool)
@@ -34,14 +40,17 @@ def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: in
     _, row_class = np.unique(labels.astype(str), return_inverse=True)
     counts = np.zeros((len(group_ids), row_class.max() + 1))
     np.add.at(counts, (row_group, row_class), 1)
-    target = share * counts.sum(axis=0)
+    totals = counts.sum(axis=0)
+    target = share * totals
+    slack = np.maximum(2.0, 0.02 * totals)
     rng = np.random.default_rng(seed)
-    shuffled = rng.permutation(len(group_ids))
-    orders = [shuffled[np.argsort(-counts[shuffled].sum(axis=1), kind="stable")]]
-    orders += [rng.permutation(len(group_ids)) for _ in range(tries)]
     best, best_cost = np.zeros(len(group_ids), dtype=bool), np.inf
-    for order in orders:
-        taken, cost = _greedy(counts, target, order)
+    for _ in range(max(tries, 1)):
+        taken, cost = _greedy(counts, target, rng.permutation(len(group_ids)))
+        have = counts[taken].sum(axis=0)
+        if abs(have.sum() - target.sum()) <= 0.01 * totals.sum() and (
+                np.abs(have - target) <= slack).all():
+            return taken[row_group]
         if cost < best_cost:
             best, best_cost = taken, cost
     return best[row_group]
