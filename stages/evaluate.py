@@ -1,8 +1,9 @@
 """evaluate stage: scores the trained model on the test split and on test_balanced_100.
 
-Writes `reports/metrics.json` (nested by split), `reports/predictions_test.csv`, per-class
-precision-recall curves under `reports/plots/`, PNG figures under `reports/figures/` and
-`reports/classification_report.md`; prints a compact summary table.
+Writes `reports/metrics.json` (nested by split: each figure with its bootstrap interval, and the
+calibration error with and without the model's temperature), `reports/predictions_test.csv`,
+per-class precision-recall curves and the reliability diagram under `reports/plots/`, PNG
+figures under `reports/figures/` and `reports/classification_report.md`; prints a summary.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pandas as pd
 from sklearn.metrics import (accuracy_score, f1_score, log_loss, precision_recall_curve,
                              precision_recall_fscore_support, roc_auc_score)
 
-from stages import bootstrap
+from stages import bootstrap, calibration
 from stages.csvsafe import read_csv, write_csv
 from stages.files import write_json, write_text
 from stages.model import feature_mismatch, load_model, predict_proba, read_features
@@ -60,6 +61,16 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
     }
 
 
+def calibration_metrics(y_true: np.ndarray, proba: np.ndarray,
+                        raw: np.ndarray) -> dict[str, float]:
+    """Expected calibration error of the shipped (temperature-scaled) probabilities and of the
+    raw softmax, and the log loss of the raw softmax (the shipped one is `log_loss`)."""
+    labels = list(range(proba.shape[1]))
+    return {"ece": calibration.expected_calibration_error(proba, y_true),
+            "ece_uncalibrated": calibration.expected_calibration_error(raw, y_true),
+            "log_loss_uncalibrated": float(log_loss(y_true, raw, labels=labels))}
+
+
 def pr_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, list]:
     """One-vs-rest precision-recall points per class (classes without positives are left out)."""
     curves = {}
@@ -98,18 +109,27 @@ def main() -> None:
         raise ValueError(f"{small_path}: {len(missing)} ids not in features/test.safetensors "
                          f"(first {missing[:5].tolist()}); re-run featurize")
     proba_all = predict_proba(module, test["text"], test["image"])
+    raw_all = predict_proba(module, test["text"], test["image"], calibrated=False)
     y_all = test["label"].numpy()
     keep = np.isin(ids, small_ids)
     probas = {"test": proba_all, "test_100": proba_all[keep]}
+    raw = {"test": raw_all, "test_100": raw_all[keep]}
     y = {"test": y_all, "test_100": y_all[keep]}
     pred = {s: p.argmax(axis=1) for s, p in probas.items()}
-    results = {s: compute_metrics(y[s], probas[s], classes) for s in SPLITS}
+    results = {s: {**compute_metrics(y[s], probas[s], classes),
+                   **calibration_metrics(y[s], probas[s], raw[s])} for s in SPLITS}
 
     write_json(REPORTS / "metrics.json", results)
     write_csv(predictions_frame(ids, y_all, proba_all, classes), REPORTS / "predictions_test.csv")
     for name, points in pr_curves(y_all, proba_all, classes).items():
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         write_json(REPORTS / "plots" / "precision_recall" / f"{safe}.json", points)
+    # Reliability diagram (test): one line per variant, and the diagonal of perfect calibration.
+    for name, p in (("calibrated", proba_all), ("uncalibrated", raw_all)):
+        write_json(REPORTS / "plots" / "reliability" / f"{name}.json",
+                   calibration.reliability(p, y_all))
+    write_json(REPORTS / "plots" / "reliability" / "perfect.json",
+               [{"confidence": c, "accuracy": c} for c in (0.0, 1.0)])
     save_figures(results, y, pred, classes, REPORTS / "figures")
     write_text(REPORTS / "classification_report.md", markdown_report(results, y, pred, classes, meta))
     print(summary_table(results, classes))

@@ -14,8 +14,10 @@ WEIGHT_MODES = ("auto", "manual", "none")
 
 
 def class_weights(mode: str, labels: np.ndarray, classes: list[str],
-                  manual: dict[str, Any] | None = None) -> np.ndarray:
-    """Loss weight per class: auto = inverse frequency ("balanced"), manual = given, none = 1."""
+                  manual: dict[str, Any] | None = None, power: float = 1.0) -> np.ndarray:
+    """Loss weight per class: auto = inverse frequency ("balanced") raised to `power`
+    (1: fully balanced, 0.5: square root, which tempers a weight of ~100 for a class of 21
+    rows to ~10), manual = given, none = 1."""
     if mode == "none":
         return np.ones(len(classes))
     if mode == "auto":
@@ -23,7 +25,11 @@ def class_weights(mode: str, labels: np.ndarray, classes: list[str],
         if missing:
             raise ValueError("weights=auto: no training rows for "
                              f"{[classes[i] for i in missing]}; inverse frequency is undefined")
-        return compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels)
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 1:
+            raise ParamsError(f"params.yaml: train.auto_weight_power={power!r} must be a number "
+                              "in [0, 1]")
+        return compute_class_weight("balanced", classes=np.arange(len(classes)),
+                                    y=labels) ** float(power)
     if mode == "manual":
         manual = manual or {}
         unknown = sorted(set(manual) - set(classes))

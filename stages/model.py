@@ -59,6 +59,9 @@ class FusionMLP(nn.Module):
         for name in self.inputs:
             self.register_buffer(f"{name}_mean", torch.zeros(dims[name]))
             self.register_buffer(f"{name}_std", torch.ones(dims[name]))
+        # Fitted on validation after training (stages/calibration.py); forward() returns the
+        # raw logits, predict_proba divides by it. 1 = uncalibrated.
+        self.register_buffer("temperature", torch.tensor(1.0))
         h1, h2 = hidden
         if self.fusion == "gated":
             self.project = nn.ModuleDict({k: nn.Linear(dims[k], h1) for k in self.inputs})
@@ -184,15 +187,18 @@ def load_model(directory: Path) -> tuple[FusionMLP, dict[str, Any]]:
     if "architecture" not in meta:
         raise ValueError(f"{meta_path}: no 'architecture' block; not written by save_model")
     module = build_model(meta["architecture"])
-    module.load_state_dict(load_file(str(weights_path)), strict=True)
+    state = load_file(str(weights_path))
+    state.setdefault("temperature", torch.tensor(1.0))  # written before calibration existed
+    module.load_state_dict(state, strict=True)
     return module.eval(), meta
 
 
 @torch.no_grad()
 def predict_proba(module: FusionMLP, text: np.ndarray | torch.Tensor | None,
                   image: np.ndarray | torch.Tensor | None,
-                  batch_size: int = 4096) -> np.ndarray:
-    """Class probabilities [N, n_classes] (float64, rows sum to 1) for raw encoder features.
+                  batch_size: int = 4096, calibrated: bool = True) -> np.ndarray:
+    """Class probabilities [N, n_classes] (float64, rows sum to 1) for raw encoder features:
+    softmax of the logits divided by the module's fitted temperature (calibrated=False: by 1).
 
     Inputs of an unused modality are ignored and may be None.
     """
@@ -212,8 +218,9 @@ def predict_proba(module: FusionMLP, text: np.ndarray | torch.Tensor | None,
     if len(set(sizes.values())) > 1:
         raise ValueError(f"text and image features differ in row count: {sizes}")
     n = next(iter(sizes.values()))
+    temperature = module.temperature.double() if calibrated else 1.0
     out = [torch.zeros((0, module.config["n_classes"]), dtype=torch.float64)]
     for start in range(0, n, batch_size):
         chunk = {k: t[start:start + batch_size].to(device) for k, t in tensors.items()}
-        out.append(torch.softmax(module(**chunk).double(), dim=1).cpu())
+        out.append(torch.softmax(module(**chunk).double() / temperature, dim=1).cpu())
     return torch.cat(out).numpy()

@@ -30,6 +30,11 @@ def markdown_report(results: dict[str, dict], y: dict, pred: dict, classes: list
                    for k in ("accuracy", "macro_f1"))
         lines.append(f"| {split} | {m['rows']} | {acc} | {f1} | {m['weighted_f1']:.4f} | {auc} "
                      f"| {m['log_loss']:.4f} |")
+    lines += ["", f"Calibration: temperature {model_meta.get('temperature', 1.0):.3f} fitted on the "
+              "validation split; expected calibration error (15 equal-width bins of the top "
+              "probability), raw softmax -> temperature-scaled: " + "; ".join(
+                  f"{split} {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f}"
+                  for split, m in results.items() if "ece" in m) + "."]
     for split in results:
         text = classification_report(y[split], pred[split], labels=list(range(len(classes))),
                                      target_names=classes, digits=4, zero_division=0)

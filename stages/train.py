@@ -10,120 +10,22 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning (read when torch loads its OpenMP runtime): on
 # a busy machine spinning threads starve each other (an MLP step at load 10 on 2 cores: 176 ms
 # spinning, 7 ms passive); on an idle one it costs little.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np
-import torch
-from sklearn.metrics import accuracy_score, f1_score
-
-from stages.loss import WEIGHT_MODES, WeightedSmoothedCE, class_weights
-from stages.model import (MODALITIES, FusionMLP, read_features, read_input_settings,
-                          save_model)
+from stages.loss import WEIGHT_MODES, class_weights
+from stages.model import MODALITIES, read_features, read_input_settings, save_model
 from stages.params import choice, load_params, require
+from stages.training import (CPU_ONLY, OPTIONAL_KEYS, TRAIN_KEYS, fit,  # noqa: F401
+                             train_model)  # train_model, class_weights: re-exported for bench/
 
 log = logging.getLogger("train")
-TRAIN_KEYS = ("seed", "fusion", "hidden", "dropout", "lr", "weight_decay", "label_smoothing",
-              "epochs", "batch_size", "patience")
 FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
 DATASET = Path("dataset")
-# Without cpu=True, `accelerate launch --multi_gpu` (torchrun) on a CPU-only machine starts N
-# independent trainings instead of one gloo process group.
-CPU_ONLY = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-
-
-def _evaluate(model: torch.nn.Module, criterion: torch.nn.Module, data: dict[str, torch.Tensor],
-              device: torch.device, n_classes: int) -> dict[str, float]:
-    model.eval()
-    with torch.no_grad():
-        logits = model(data["text"].to(device), data["image"].to(device))
-        loss = criterion(logits, data["label"].to(device)).item()
-    y, pred = data["label"].numpy(), logits.argmax(dim=1).cpu().numpy()
-    return {"loss": loss, "accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, average="macro", labels=range(n_classes),
-                                       zero_division=0))}
-
-
-def train_model(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
-                n_classes: int, modality: str, cfg: dict[str, Any], weights: np.ndarray,
-                on_epoch: Callable[[dict[str, float]], None] | None = None,
-                ) -> tuple[FusionMLP, list[dict[str, float]], dict[str, Any]]:
-    """Train with `accelerate`; keep the epoch with the best validation macro-F1 (ties: lower
-    validation loss); stop after `patience` epochs without improvement."""
-    from accelerate import Accelerator  # heavy import: only where training happens
-    from accelerate.utils import broadcast_object_list, set_seed
-
-    if len(val["label"]) == 0:
-        raise ValueError("validation split is empty: early stopping needs validation rows")
-    set_seed(int(cfg["seed"]))
-    accelerator = Accelerator(cpu=CPU_ONLY)
-    log.info("training on %s, %d processes", accelerator.device, accelerator.num_processes)
-    dims = {k: int(train[k].shape[1]) for k in ("text", "image")}
-    model = FusionMLP(dims, n_classes, modality, cfg["fusion"], cfg["hidden"], cfg["dropout"])
-    model.set_standardisation(train)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]),
-                                  weight_decay=float(cfg["weight_decay"]))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(train["text"], train["image"], train["label"]),
-        batch_size=int(cfg["batch_size"]), shuffle=True,
-        generator=torch.Generator().manual_seed(int(cfg["seed"])))
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    criterion = WeightedSmoothedCE(
-        torch.as_tensor(weights, dtype=torch.float32, device=accelerator.device),
-        float(cfg["label_smoothing"]))
-
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"macro_f1": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
-    stale = 0
-    for epoch in range(1, int(cfg["epochs"]) + 1):
-        model.train()
-        total, seen = 0.0, 0
-        for text, image, label in loader:
-            loss = criterion(model(text, image), label)
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
-            total += loss.item() * len(label)
-            seen += len(label)
-        # Under DDP each process saw its own share of the batches: the loss is over all of them.
-        total, seen = accelerator.reduce(torch.tensor([total, seen], dtype=torch.float64,
-                                                      device=accelerator.device), "sum").tolist()
-        val_metrics = _evaluate(accelerator.unwrap_model(model), criterion, val,
-                                accelerator.device, n_classes)
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1),
-               **{f"val_{k}": v for k, v in val_metrics.items()}}
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        improved = val_metrics["macro_f1"] > best["macro_f1"] + 1e-9 or (
-            abs(val_metrics["macro_f1"] - best["macro_f1"]) <= 1e-9
-            and val_metrics["loss"] < best["loss"])
-        # The weights are identical on every process; rank 0's decision makes sure they all
-        # stop at the same epoch (a rank leaving early would hang the others' all-reduce).
-        improved = broadcast_object_list([improved])[0]
-        if improved:
-            state = accelerator.unwrap_model(model).state_dict()
-            best = {**val_metrics, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in state.items()}}
-            stale = 0
-        else:
-            stale += 1
-            if stale >= int(cfg["patience"]):
-                log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
-                break
-    module = accelerator.unwrap_model(model).cpu()
-    module.load_state_dict(best["state"])
-    info = {"best_epoch": best["epoch"], "epochs_run": len(history),
-            "best_val_macro_f1": best["macro_f1"], "best_val_accuracy": best["accuracy"],
-            "best_val_loss": best["loss"], "device": str(accelerator.device)}
-    # All ranks leave the loop together before the DDP wrapper is released: releasing it on one
-    # rank while another still runs collectives can abort gloo (seen in CI under load).
-    accelerator.wait_for_everyone()
-    return module.eval(), history, info
 
 
 def main() -> None:
@@ -132,6 +34,7 @@ def main() -> None:
     mode = choice(params, "weights", WEIGHT_MODES)
     modality = choice(params, "modality", MODALITIES)
     cfg = {key: require(params, f"train.{key}") for key in TRAIN_KEYS}
+    cfg |= {key: params["train"].get(key, default) for key, default in OPTIONAL_KEYS.items()}
     meta = json.loads((FEATURES / "meta.json").read_text(encoding="utf-8"))
     classes = list(meta["classes"])
     train, val = (read_features(FEATURES / f"{s}.safetensors", len(classes), meta["dims"])
@@ -144,7 +47,8 @@ def main() -> None:
                          f"{prepared}: the features are stale; re-run featurize")
     meta = {**meta, "input": read_input_settings(DATASET / "input.json")}
     weights = class_weights(mode, train["label"].numpy(), classes,
-                            params.get("manual_weights") if mode == "manual" else None)
+                            params.get("manual_weights") if mode == "manual" else None,
+                            cfg["auto_weight_power"])
     weight_map = {c: round(float(w), 6) for c, w in zip(classes, weights)}
     log.info("%d train / %d val rows, modality=%s, class weights (%s): %s",
              len(train["label"]), len(val["label"]), modality, mode, weight_map)
@@ -165,15 +69,15 @@ def main() -> None:
                 live.log_metric(f"val/{key}", row[f"val_{key}"])
             live.sync()
 
-        module, history, info = train_model(train, val, len(classes), modality, cfg, weights,
-                                            on_epoch if writer else None)
+        module, history, info = fit(train, val, len(classes), modality, cfg, weights,
+                                    on_epoch if writer else None)
         if writer:  # the summary (a DVC metric) describes the kept epoch, not the last one
             best = history[info["best_epoch"] - 1]
             live.summary = {"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
-                            "train": {"loss": best["train_loss"]},
+                            "temperature": info["temperature"], "train": {"loss": best["train_loss"]},
                             "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")}}
     if writer:
-        _save(module, meta, classes, modality, mode, weight_map, cfg, len(train["label"]), info)
+        _save(module, meta, classes, modality, mode, weight_map, cfg, info["fit_rows"], info)
     # Every rank waits for the writer, then leaves the process group: a rank that exits with
     # the group still open can abort in gloo's teardown and fail the whole launch.
     state.wait_for_everyone()
@@ -194,11 +98,14 @@ def _save(module: Any, meta: dict[str, Any], classes: list[str], modality: str, 
         "modality": modality, "fusion": module.fusion,
         "dims": module.config["dims"], "hidden": module.config["hidden"],
         "dropout": module.config["dropout"], "weights": mode, "class_weights": weight_map,
-        "standardisation": {"source": "train split", "rows": rows,
+        "standardisation": {"source": "train split" if info["selection"] == "validation split"
+                            else "train+val", "rows": rows,
                             "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")]},
         "seed": int(cfg["seed"]), "label_smoothing": float(cfg["label_smoothing"]), **info})
-    log.info("best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f", info["best_epoch"],
-             info["epochs_run"], info["best_val_macro_f1"], info["best_val_accuracy"])
+    log.info("best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f; temperature %.3f (val log "
+             "loss %.4f -> %.4f)", info["best_epoch"], info["epochs_run"],
+             info["best_val_macro_f1"], info["best_val_accuracy"], info["temperature"],
+             info["val_nll_uncalibrated"], info["val_nll_calibrated"])
 
 
 if __name__ == "__main__":

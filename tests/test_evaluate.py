@@ -146,3 +146,23 @@ def test_metrics_carry_bootstrap_intervals_around_each_value(tmp_path, monkeypat
     assert "## test (30 posts)" in report and "## test_100 (15 posts)" in report
     lo, hi = metrics["test"]["accuracy_ci95_lo"], metrics["test"]["accuracy_ci95_hi"]
     assert f"{metrics['test']['accuracy']:.4f} [{lo:.3f}, {hi:.3f}]" in report
+
+
+def test_metrics_carry_the_calibration_error_and_the_reliability_diagram(tmp_path,
+                                                                        monkeypatch) -> None:
+    _train_on_synthetic(tmp_path, monkeypatch)
+    evaluate.main()
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    for split in ("test", "test_100"):
+        assert 0 <= metrics[split]["ece"] <= 1 and 0 <= metrics[split]["ece_uncalibrated"] <= 1
+    plots = tmp_path / "reports" / "plots" / "reliability"
+    for name in ("calibrated", "uncalibrated"):
+        bins = json.loads((plots / f"{name}.json").read_text())
+        assert sum(b["count"] for b in bins) == metrics["test"]["rows"]
+        ece = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / 30
+        key = "ece" if name == "calibrated" else "ece_uncalibrated"
+        assert ece == pytest.approx(metrics["test"][key])
+    assert json.loads((plots / "perfect.json").read_text())[-1] == {"confidence": 1.0,
+                                                                     "accuracy": 1.0}
+    report = (tmp_path / "reports" / "classification_report.md").read_text()
+    assert "Calibration: temperature" in report

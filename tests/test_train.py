@@ -221,3 +221,50 @@ def test_main_refuses_stale_or_bad_prepare_records(tmp_path, monkeypatch, name, 
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         train.main()
     assert not (tmp_path / "models").exists()
+
+
+def test_auto_weight_power_tempers_inverse_frequency() -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 1)
+    np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES, power=0.5),
+                               np.sqrt([0.5, 1.0, 1.5, 3.0]))
+    np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES, power=0), 1.0)
+    with pytest.raises(ParamsError, match="auto_weight_power=2"):
+        loss.class_weights("auto", labels, CLASSES, power=2)
+
+
+def test_fit_calibrates_on_validation() -> None:
+    tr, val = make_split(30, seed=1, separation=0.6), make_split(30, seed=2, separation=0.6)
+    module, _, info = train.fit(tr, val, 4, "both", {**CFG, "epochs": 15}, np.ones(4))
+    assert info["selection"] == "validation split" and info["fit_rows"] == 120
+    assert float(module.temperature) == pytest.approx(info["temperature"]) != 1.0
+    assert info["val_nll_calibrated"] <= info["val_nll_uncalibrated"]
+
+
+def test_small_data_cross_validates_on_train_and_val_then_refits_on_all() -> None:
+    tr, val = make_split(12, seed=1, separation=0.8), make_split(3, seed=2, separation=0.8)
+    cfg = {**CFG, "epochs": 12, "patience": 4, "cv_folds": 3, "cv_max_rows": 100}
+    seen: list = []
+    module, history, info = train.fit(tr, val, 4, "both", cfg, np.ones(4), on_epoch=seen.append)
+    assert info["selection"].startswith("3-fold cross-validation") and info["fit_rows"] == 60
+    assert seen == history and len(info["fold_best_epochs"]) == 3
+    # The epoch count is the argmax of the fold-mean held-out macro-F1 curve.
+    assert info["best_epoch"] == int(np.argmax([r["val_macro_f1"] for r in history])) + 1
+    # Refitted on all 60 rows: the standardisation statistics are theirs.
+    pool = torch.cat([tr["text"], val["text"]])
+    assert torch.allclose(module.text_mean, pool.mean(0), atol=1e-4)
+    # Negative control: above cv_max_rows the single validation split is used.
+    _, _, single = train.fit(tr, val, 4, "both", {**cfg, "cv_max_rows": 59}, np.ones(4))
+    assert single["selection"] == "validation split" and single["fit_rows"] == 48
+
+
+def test_main_saves_the_temperature_and_the_selection(tmp_path, monkeypatch) -> None:
+    write_features(tmp_path, {"train": 10, "val": 4, "test": 4})
+    _params(tmp_path, train={**CFG, "epochs": 6, "cv_folds": 2, "cv_max_rows": 1000,
+                             "auto_weight_power": 0.5})
+    monkeypatch.chdir(tmp_path)
+    train.main()
+    module, meta = load_model(tmp_path / "models")
+    assert meta["selection"].startswith("2-fold") and meta["standardisation"]["rows"] == 56
+    assert float(module.temperature) == pytest.approx(meta["temperature"])
+    summary = json.loads((tmp_path / "reports" / "train" / "metrics.json").read_text())
+    assert summary["temperature"] == pytest.approx(meta["temperature"])

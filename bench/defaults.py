@@ -1,0 +1,152 @@
+"""Train settings across data sets and seeds: validation picks, test reports.
+
+    python bench/defaults.py --work /tmp/crisis-mm-results [--datasets crisis4 crisismmd5]
+                             [--seeds 1 2 3] [-S train.lr=0.0003 -S weights=none] [--tag name]
+
+Each data set's directory under --work is one `bench/results.py` (or `dvc repro`) working
+directory with `features/` already written (prepare + featurize ran once). For each seed the
+train stage's own `fit` (stages/training.py: the params.yaml `train:` block, with the
+overrides; `modality` per data set) trains on train, selects on val, and is scored on val and
+test (accuracy, macro-F1, expected calibration error). Prints mean +- sd over the seeds and
+appends every figure to --out, keyed by data set and tag. Choices must rest on the val
+figures; test is reported, never used to pick. Not a test: minutes of CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # a small MLP: one thread, no spinning
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
+
+from bench.results import set_dotted  # noqa: E402
+from stages.calibration import expected_calibration_error  # noqa: E402
+from stages.loss import class_weights  # noqa: E402
+from stages.model import predict_proba, read_features  # noqa: E402
+from stages.training import (OPTIONAL_KEYS, TRAIN_KEYS, concat, fit,  # noqa: E402
+                             refit_after_cv)
+
+MODALITY = {"crisis4": "both", "crisismmd5": "text", "crisismmd4": "text", "mediaeval": "text"}
+
+
+def scores(module: Any, split: dict[str, torch.Tensor], n_classes: int) -> dict[str, float]:
+    proba = predict_proba(module, split["text"], split["image"])
+    raw = predict_proba(module, split["text"], split["image"], calibrated=False)
+    y, pred = split["label"].numpy(), proba.argmax(axis=1)
+    return {"accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, labels=range(n_classes), average="macro",
+                                       zero_division=0)),
+            "ece": expected_calibration_error(proba, y),
+            "ece_uncalibrated": expected_calibration_error(raw, y), "rows": int(len(y))}
+
+
+def run(work: Path, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    meta = json.loads((work / "features" / "meta.json").read_text())
+    n = len(meta["classes"])
+    data = {s: read_features(work / "features" / f"{s}.safetensors", n, meta["dims"])
+            for s in ("train", "val", "test")}
+    cfg = {key: params["train"][key] for key in TRAIN_KEYS} | {"seed": seed}
+    cfg |= {key: params["train"].get(key, default) for key, default in OPTIONAL_KEYS.items()}
+    weights = class_weights(params["weights"], data["train"]["label"].numpy(), meta["classes"],
+                            params.get("manual_weights"), cfg["auto_weight_power"])
+    start = time.perf_counter()
+    rows = len(data["train"]["label"]) + len(data["val"]["label"])
+    if cfg["cv_folds"] >= 2 and rows <= cfg["cv_max_rows"]:
+        # The stage's small-data path, and beside it the k fold models kept as an ensemble
+        # (mean logits, the same out-of-fold temperature), to decide between the two.
+        module, _, info, cv = refit_after_cv(concat(data["train"], data["val"]), n,
+                                             params["modality"], cfg, weights)
+        ensemble = Ensemble(cv.modules, info["temperature"])
+        # No held-out validation rows are left: "val" is the out-of-fold estimate.
+        oof = {"macro_f1": info["oof_macro_f1"]}
+        return {"seed": seed, "seconds": round(time.perf_counter() - start, 1),
+                "best_epoch": info["best_epoch"], "temperature": info["temperature"],
+                "val": oof, "test": scores(module, data["test"], n),
+                "ensemble_test": scores(ensemble, data["test"], n)}
+    module, _, info = fit(data["train"], data["val"], n, params["modality"], cfg, weights)
+    return {"seed": seed, "seconds": round(time.perf_counter() - start, 1),
+            "best_epoch": info["best_epoch"], "temperature": info.get("temperature"),
+            "val": scores(module, data["val"], n), "test": scores(module, data["test"], n)}
+
+
+class Ensemble(torch.nn.Module):
+    """Fold models averaged (mean logits): enough of FusionMLP's interface for scoring."""
+
+    def __init__(self, members: list[Any], temperature: float) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.inputs, self.config = members[0].inputs, members[0].config
+        self.register_buffer("temperature", torch.tensor(temperature))
+
+    def forward(self, text: torch.Tensor | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack([m(text, image) for m in self.members]).mean(dim=0)
+
+
+def summary(runs: list[dict[str, Any]], split: str, key: str) -> str:
+    values = [r[split][key] for r in runs if key in r.get(split, {})]
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.4f} +- {sd:.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/crisis-mm-results"))
+    parser.add_argument("--datasets", nargs="+", default=["crisis4", "crisismmd5"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    parser.add_argument("--tag", default="defaults")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "defaults.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for name in args.datasets:
+        params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+        params["modality"] = MODALITY[name]
+        for assignment in args.overrides:
+            set_dotted(params, assignment)
+        runs = []
+        for seed in args.seeds:
+            runs.append(run(args.work / name, params, seed))
+            r = runs[-1]
+            print(f"{name}[{args.tag}] seed {seed}: val macro-F1 {r['val']['macro_f1']:.4f}, "
+                  f"test macro-F1 {r['test']['macro_f1']:.4f} acc {r['test']['accuracy']:.4f}, "
+                  f"ECE {r['test']['ece_uncalibrated']:.3f} -> {r['test']['ece']:.3f}, "
+                  f"epoch {r['best_epoch']}, {r['seconds']}s", flush=True)
+        line = {s: {k: summary(runs, s, k) for k in ("accuracy", "macro_f1", "ece",
+                                                    "ece_uncalibrated")}
+                for s in ("val", "test", "ensemble_test")}
+        print(f"{name}[{args.tag}] {len(runs)} seeds, {runs[0]['test']['rows']} test posts: "
+              f"{json.dumps(line)}", flush=True)
+        results[f"{name}[{args.tag}]"] = {
+            "overrides": args.overrides, "modality": params["modality"],
+            "weights": params["weights"], "train": params["train"], "runs": runs,
+            "mean_sd": line, "command": " ".join(["python", "bench/defaults.py", *sys.argv[1:]]),
+            "cpu": _cpu(), "load": round(os.getloadavg()[0], 2)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
