@@ -4,6 +4,8 @@
 that escapes it), fully decodes it with Pillow and returns a normalised RGB image, or `None`
 with the kind of problem; the caller then uses `white_image(size)` and records the repair.
 Pillow's decompression-bomb guard stays on, and its warning level is treated as an error.
+Only errors that say the file's content is not a usable image become a problem kind; anything
+else (out of memory, an unreadable disk, a bug) raises ImageDecodeError naming the file.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import hashlib
 import io
 import os
 import shutil
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,6 +30,42 @@ _ORIENTATION = 0x0112  # EXIF tag
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _EXTENSIONS = {"JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"}, "PNG": {".png"}, "GIF": {".gif"},
                "WEBP": {".webp"}, "BMP": {".bmp"}, "TIFF": {".tif", ".tiff"}}
+
+
+# What Pillow raises on malformed data besides its own UnidentifiedImageError and
+# DecompressionBomb*: SyntaxError, EOFError, struct.error and zlib.error from parsing, ValueError
+# from headers (PPM) and tiles, and OSError from decoders ("image file is truncated", "broken
+# data stream"). Its format plugins also use TypeError, IndexError and KeyError for bad data
+# (Image.open reads them as "not this format"; a TIFF whose second frame has no size raises
+# TypeError when the frames are counted). Each counts only when raised in Pillow's code (the
+# last three only in a plugin), and an OSError only without an errno: the operating system
+# sets one (permissions, I/O errors), Pillow's decoders do not.
+_MALFORMED = (SyntaxError, ValueError, EOFError, struct.error, zlib.error, OSError)
+_MALFORMED_IN_PLUGIN = (TypeError, IndexError, KeyError)
+_PILLOW = Path(Image.__file__).parent
+
+
+class ImageDecodeError(RuntimeError):
+    """Opening an image failed for a reason other than its content: prepare and predict stop,
+    naming the file, instead of recording a repair and using the white dummy."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        super().__init__(f"{path}: {type(cause).__name__}: {cause}")
+        self.path = path
+
+
+def _malformed(exc: BaseException) -> bool:
+    """Whether `exc` says that the file's bytes are not a usable image (see _MALFORMED)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename) if tb is not None else Path()
+    if not where.is_relative_to(_PILLOW):
+        return False
+    return isinstance(exc, _MALFORMED) or (isinstance(exc, _MALFORMED_IN_PLUGIN)
+                                           and where.name.endswith("ImagePlugin.py"))
 
 
 class ImagePathError(ValueError):
@@ -95,7 +135,9 @@ def _decode(path: Path, max_side: int) -> LoadedImage:
             im.load()
             try:
                 orientation = im.getexif().get(_ORIENTATION, 1)
-            except Exception:  # a broken EXIF block should not cost us a good picture
+            except Exception as exc:  # a broken EXIF block should not cost us a good picture
+                if not _malformed(exc):
+                    raise
                 orientation = 1
                 notes.append("exif_unreadable")
             upright = im
@@ -110,7 +152,8 @@ def _decode(path: Path, max_side: int) -> LoadedImage:
 
 
 def open_image(path: Path, max_side: int) -> LoadedImage:
-    """Decode an already resolved file; every failure becomes a problem kind, never a raise."""
+    """Decode an already resolved file. A missing, empty or malformed file becomes a problem
+    kind; any other failure raises ImageDecodeError naming the file."""
     try:
         if not path.is_file():
             return LoadedImage(None, "missing", f"{path}: no such file")
@@ -121,7 +164,9 @@ def open_image(path: Path, max_side: int) -> LoadedImage:
         return LoadedImage(None, "bomb", f"{path}: {exc}")
     except UnidentifiedImageError as exc:
         return LoadedImage(None, "not_image", f"{path}: {exc}")
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
+    except Exception as exc:
+        if not _malformed(exc):
+            raise ImageDecodeError(path, exc) from exc
         kind = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         return LoadedImage(None, kind, f"{path}: {type(exc).__name__}: {exc}")
 

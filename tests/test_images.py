@@ -2,15 +2,18 @@
 and the store that decodes each file once and exports exactly the images a split needs."""
 from __future__ import annotations
 
+import io
 import os
+import struct
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from stages.images import (ImagePathError, ImageStore, encode_jpeg, load_image,
-                           resolve_image_path, white_image)
+from stages import images
+from stages.images import (ImageDecodeError, ImagePathError, ImageStore, encode_jpeg,
+                           load_image, open_image, resolve_image_path, white_image)
 
 DEV_IMAGES = Path("mediaeval/2016/devset/images")
 
@@ -150,3 +153,72 @@ def test_store_decodes_once_and_exports_exactly(tmp_path: Path,
     assert sorted(p.name for p in target.iterdir()) == sorted(
         f"{d}.jpg" for d in (first.digest, dummy.digest))
     assert not list(target.parent.glob(".images_train*"))
+
+
+def _tiff_with_broken_second_frame() -> bytes:
+    """Two frames; the second one's width tag renamed, so counting the frames makes Pillow's
+    TIFF plugin raise TypeError("Missing dimensions") (found by mutating files)."""
+    buffer = io.BytesIO()
+    frames = [Image.new("RGB", (8, 6), colour) for colour in ("red", "blue")]
+    frames[0].save(buffer, format="TIFF", save_all=True, append_images=frames[1:])
+    data = bytearray(buffer.getvalue())
+    def u16(at: int) -> int:
+        return struct.unpack_from("<H", data, at)[0]
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * u16(first))[0]
+    for entry in range(second + 2, second + 2 + 12 * u16(second), 12):
+        if u16(entry) == 256:                            # ImageWidth
+            struct.pack_into("<H", data, entry, 0xFFF0)
+    return bytes(data)
+
+
+def test_malformed_data_raised_inside_pillow_is_a_repair(tmp_path: Path) -> None:
+    (tmp_path / "frames.tif").write_bytes(_tiff_with_broken_second_frame())
+    loaded = load_image("frames.tif", tmp_path)
+    assert (loaded.image, loaded.problem) == (None, "corrupt")
+    assert "TypeError: Missing dimensions" in loaded.detail
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(), TypeError("bad argument"), AttributeError("no such attribute"),
+    NameError("name 'x' is not defined"), AssertionError(), KeyError("k"),
+    ValueError("raised outside Pillow"), PermissionError(13, "Permission denied"),
+])
+def test_other_errors_stop_naming_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                           make_image: Callable[..., Path],
+                                           error: Exception) -> None:
+    path = make_image("fine.jpg")
+    assert open_image(path, 64).problem is None
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise error
+    monkeypatch.setattr(images, "_to_rgb", failing)
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(path, 64)
+    assert str(path) in str(caught.value) and caught.value.path == path
+    assert caught.value.__cause__ is error
+    store = ImageStore(tmp_path / "staging", max_side=64, dummy_size=16)
+    with pytest.raises(ImageDecodeError):               # the store does not swallow it either
+        store.get(["fine.jpg"], tmp_path)
+
+
+def test_memory_error_inside_pillow_stops(monkeypatch: pytest.MonkeyPatch,
+                                          make_image: Callable[..., Path]) -> None:
+    path = make_image("big.png")
+
+    def out_of_memory(self: ImageFile.ImageFile) -> None:
+        raise MemoryError
+    monkeypatch.setattr(ImageFile.ImageFile, "load", out_of_memory)
+    with pytest.raises(ImageDecodeError, match="big.png: MemoryError"):
+        open_image(path, 64)
+
+
+def test_os_errors_with_an_errno_stop(monkeypatch: pytest.MonkeyPatch,
+                                      make_image: Callable[..., Path]) -> None:
+    path = make_image("locked.jpg")
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(ImageDecodeError, match="PermissionError"):
+        open_image(path, 64)
