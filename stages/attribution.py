@@ -19,9 +19,12 @@ input path: encoder vectors -> FusionMLP (its standardisation buffers included).
     training mean (the MLP's image_mean) and g the gradient of the log-probability with
     respect to the pooled vector, averaged along the straight path mu -> v (`steps` points:
     integrated gradients in the pooled space, so g . (v - mu) tracks the real difference
-    log p(v) - log p(mu)). Removing a region replaces its cell by mu.
-  - `occlusion` (other encoders): the region's pixels set to 0 in the encoder's normalised
-    pixel space (grey for Lite, the data mean colour for CLIP/SigLIP), then re-encoded.
+    log p(v) - log p(mu)).
+  - `occlusion`: the drop in log-probability when the region is removed. Removal depends on
+    the encoder only, never on the method: with the offline encoder a region is a map cell,
+    replaced by mu (exact and free); with other encoders a block of a 7x7 grid over the
+    pixels, set to 0 in the encoder's normalised pixel space (the data mean colour for
+    CLIP/SigLIP), then re-encoded.
 - Share: the two-player Shapley split of log p(t, i) - log p(mu_t, mu_i) between the text
   and the image (4 MLP calls, exact: the two parts sum to that difference).
 """
@@ -159,12 +162,13 @@ class Explainer:
                              f"torch MiniLM; encoder {encoder.name!r} has none: use occlusion")
         self.text_method = "integrated_gradients" if gradients and method != "occlusion" \
             else "occlusion"
-        # The exact map needs EfficientNet's 7x7 map, as the offline encoder pools it.
+        # With EfficientNet's 7x7 map (the offline encoder pools it) a region is a map cell:
+        # removed by setting it to the training mean, whichever method scores it; without one,
+        # a region is a block of pixels, removed by zeroing it and re-encoding.
         self.image_net = getattr(encoder, "image_net", None)
-        exact = isinstance(self.image_net, torch.nn.Module) and method != "occlusion"
-        self.image_method = "feature_map" if exact else "occlusion"
-        if exact:
-            self.grid = 0  # set by the map itself
+        has_map = isinstance(self.image_net, torch.nn.Module)
+        self.image_removal = "feature_cell_to_training_mean" if has_map else "pixels_to_zero"
+        self.image_method = "feature_map" if has_map and method != "occlusion" else "occlusion"
         # Share of the shorter image side the encoder's centre crop keeps (the page draws it).
         size = getattr(encoder.preprocess, "size", None)
         self.view_fraction = size / (size + CROP_PADDING) \
@@ -183,7 +187,7 @@ class Explainer:
 
     def image_view(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(pooled vector, what region removal works on) for one preprocessed image."""
-        if self.image_method == "feature_map":
+        if self.image_removal == "feature_cell_to_training_mean":
             enc = self.encoder
             batch = pixels[None].to(enc.device, memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(enc.device.type, torch.bfloat16,
@@ -197,7 +201,7 @@ class Explainer:
     def region_vectors(self, view: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """Image vectors with the regions where `keep` [M, cells] is False removed."""
         keep = np.asarray(keep, bool)
-        if self.image_method == "feature_map":
+        if self.image_removal == "feature_cell_to_training_mean":
             d = view.shape[0]
             cells = view.reshape(d, -1)
             mu = self.module.image_mean.numpy()[:, None]
@@ -270,12 +274,14 @@ class Explainer:
                       target: int) -> np.ndarray:
         if self.image_method == "feature_map":
             return cell_contributions(self.exact_module, text_vec, view, target, self.steps)[0]
-        cells = self.grid * self.grid
+        shape = view.shape[1:] if self.image_removal == "feature_cell_to_training_mean" \
+            else (self.grid, self.grid)
+        cells = shape[0] * shape[1]
         keep = ~np.eye(cells, dtype=bool)
         vecs = self.region_vectors(view, keep)
         full = np.log(self.target_proba(text_vec[None], image_vec[None], target))
         less = np.log(self.target_proba(np.repeat(text_vec[None], cells, 0), vecs, target))
-        return (full - less).reshape(self.grid, self.grid)
+        return (full - less).reshape(shape)
 
     def explain(self, texts: list[str], pixels: list[torch.Tensor],
                 has_image: list[bool]) -> list[Explanation]:

@@ -68,7 +68,9 @@ def explain_posts(posts: pd.DataFrame, explainer: Explainer, dummy: str, classes
                            int(cfg["seed"]))
     report = {"posts": len(exps), "posts_with_image": int(sum(has_image)), "k": ks,
               "random_draws": int(cfg["random_draws"]),
-              "methods": {"text": explainer.text_method, "image": explainer.image_method},
+              "methods": {"text": explainer.text_method, "image": explainer.image_method,
+                          "word_removal": "deleted from the text, re-encoded",
+                          "region_removal": explainer.image_removal},
               "text": faith["text"], "image": faith["image"],
               "share": share_by_class(exps, classes),
               "accuracy_of_explained": round(float(np.mean(

@@ -170,3 +170,16 @@ def test_feature_map_regions_come_from_the_encoders_own_map(offline) -> None:
     np.testing.assert_allclose(kept[0], vector, atol=1e-5)
     gone = explainer.region_vectors(maps, np.zeros((1, cells), bool))
     np.testing.assert_allclose(gone[0], module.image_mean.numpy(), atol=1e-6)
+    # Occlusion with this encoder removes the same cells: its score is that removal's drop.
+    occlusion = Explainer(module, offline, "occlusion")
+    assert (occlusion.image_method, occlusion.image_removal) == (
+        "occlusion", "feature_cell_to_training_mean")
+    text = np.zeros(offline.text_dim, np.float32)
+    scores = occlusion.region_scores(maps, text, vector, 0)
+    assert scores.shape == maps.shape[1:]
+    one = np.ones((1, cells), bool)
+    one[0, 0] = False
+    logp = np.log(occlusion.target_proba(np.stack([text] * 2),
+                                         np.concatenate([vector[None],
+                                                         occlusion.region_vectors(maps, one)]), 0))
+    assert scores[0, 0] == pytest.approx(logp[0] - logp[1], abs=1e-6)
