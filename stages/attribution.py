@@ -92,10 +92,18 @@ class Explanation:
                           "image_logp": round(self.image_part, 6)}}
 
 
+def log_softmax(module: torch.nn.Module, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities as predict_proba makes them: logits over the fitted temperature."""
+    logits = module(text=text, image=image)
+    temperature = getattr(module, "temperature", None)
+    if temperature is not None:
+        logits = logits / temperature.to(logits.dtype)
+    return torch.log_softmax(logits, dim=1)
+
+
 def log_prob(module: torch.nn.Module, text: torch.Tensor, image: torch.Tensor,
              target: torch.Tensor) -> torch.Tensor:
-    logits = module(text=text, image=image)
-    return torch.log_softmax(logits, dim=1).gather(1, target.view(-1, 1)).squeeze(1)
+    return log_softmax(module, text, image).gather(1, target.view(-1, 1)).squeeze(1)
 
 
 def as_double(module: FusionMLP) -> FusionMLP:
@@ -256,7 +264,7 @@ class Explainer:
             n = len(input_ids)
             feats = {"input_ids": input_ids, **{k: v.expand(n, -1) for k, v in extra.items()}}
             emb = st(feats)["sentence_embedding"].float()
-            return torch.log_softmax(self.module(text=emb, image=image.expand(n, -1)), dim=1)
+            return log_softmax(self.module, emb, image.expand(n, -1))
 
         layer = st[0].auto_model.embeddings.word_embeddings
         attr = LayerIntegratedGradients(forward, layer).attribute(

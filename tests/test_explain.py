@@ -14,7 +14,7 @@ from stages.attribution import (Explanation, as_double, cell_contributions, drop
                                 log_prob, modality_shapley, word_spans)
 from stages.explain_page import post_card, render
 from stages.faithfulness import bootstrap, deletion_curve, drops, plan, summarise, top_k
-from stages.model import FusionMLP
+from stages.model import FusionMLP, predict_proba
 
 CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
 
@@ -55,8 +55,11 @@ def test_the_image_at_the_training_mean_gets_no_contribution() -> None:
     assert np.abs(cells).max() < 1e-12 and abs(total) < 1e-12
 
 
-def test_modality_parts_sum_to_the_log_probability_difference() -> None:
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_modality_parts_sum_to_the_log_probability_difference(temperature: float) -> None:
     module = small_model()
+    if hasattr(module, "temperature"):  # the calibrated probabilities predict shows
+        module.temperature.fill_(temperature)
     rng = np.random.default_rng(2)
     text, image = rng.normal(size=(5, 8)), rng.normal(size=(5, 16))
     target = np.array([0, 1, 2, 3, 0])
@@ -66,7 +69,9 @@ def test_modality_parts_sum_to_the_log_probability_difference() -> None:
     with torch.no_grad():
         full = log_prob(m, torch.as_tensor(text), torch.as_tensor(image), y)
         base = log_prob(m, m.text_mean.expand(5, -1), m.image_mean.expand(5, -1), y)
+        proba = predict_proba(module, text, image)
     np.testing.assert_allclose(tp + ip, (full - base).numpy(), atol=1e-9)
+    np.testing.assert_allclose(np.exp(full.numpy()), proba[np.arange(5), target], atol=1e-6)
     assert next(module.parameters()).dtype == torch.float32  # the model itself is untouched
 
 
