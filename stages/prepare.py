@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from stages import config, csvsafe, groups as grouping, ledger, split as splitting, tracking
 from stages.files import write_json
-from stages.images import ImageStore
+from stages.images import ImageDecodeError, ImageStore
 from stages.params import ParamsError
 from stages.sources import Record, SourceError, parse_sources, read_source
 from stages.text import REPAIRS, clean_text_explained
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         report = run(args.params)
-    except (ParamsError, SourceError, PrepareError, tracking.UntrackedError) as exc:
+    except (ParamsError, SourceError, PrepareError, tracking.UntrackedError,
+            ImageDecodeError) as exc:
         raise SystemExit(f"prepare: error: {exc}") from None
     except OSError as exc:  # a full disk, an unwritable dataset/: name the file
         raise SystemExit(f"prepare: error: {exc.filename or ''}: {exc.strerror or exc}") from None

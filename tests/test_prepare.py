@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import prepare
+from stages import images, prepare
 from stages.csvsafe import read_csv
 from stages.ledger import DROPS
 
@@ -339,7 +339,8 @@ def test_an_untracked_source_is_refused_by_the_stage(tmp_path: Path,
     check_accounting(run_prepare(tmp_path, monkeypatch, [source]), tmp_path, 84)
 
 
-@pytest.mark.parametrize("case", ["too_few_rows", "dataset_is_a_file", "params_missing"])
+@pytest.mark.parametrize("case", ["too_few_rows", "dataset_is_a_file", "params_missing",
+                                  "decoder_out_of_memory"])
 def test_every_known_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               messy_source: tuple[dict, dict], case: str) -> None:
     source, _ = messy_source
@@ -349,6 +350,10 @@ def test_every_known_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
         source = {"path": str(tiny), "image_root": str(tmp_path)}
     elif case == "dataset_is_a_file":
         (tmp_path / "dataset").write_text("not a folder")
+    elif case == "decoder_out_of_memory":  # not a property of the file: stop, never a dummy
+        def exhausted(*_: Any) -> None:
+            raise MemoryError("cannot allocate")
+        monkeypatch.setattr(images, "_decode", exhausted)
     with pytest.raises(SystemExit) as caught:
         if case == "params_missing":
             monkeypatch.chdir(tmp_path)
@@ -357,4 +362,5 @@ def test_every_known_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     message = str(caught.value)
     assert message.startswith("prepare: error: ") and "Traceback" not in message
     assert {"too_few_rows": "too few to split", "dataset_is_a_file": "dataset",
-            "params_missing": "nowhere.yaml"}[case] in message
+            "params_missing": "nowhere.yaml",
+            "decoder_out_of_memory": "photo ü.jpg: MemoryError: cannot allocate"}[case] in message
