@@ -92,8 +92,13 @@ def main() -> None:
     for key in KEYS:
         require(params, f"explain.{key}")
     cfg = params["explain"]
-    if not cfg["k"] or any(int(k) < 1 for k in cfg["k"]):
+    if not isinstance(cfg["k"], list) or not cfg["k"] or any(int(k) < 1 for k in cfg["k"]):
         raise ParamsError(f"params.yaml: explain.k must list k values >= 1, got {cfg['k']}")
+    for key, least in (("n_posts", 1), ("steps", 1), ("random_draws", 1), ("bootstrap", 1),
+                       ("page_posts", 0)):
+        if not isinstance(cfg[key], int) or cfg[key] < least:
+            raise ParamsError(f"params.yaml: explain.{key} must be an integer >= {least}, "
+                              f"got {cfg[key]!r}")
     module, meta = load_model(Path("models"))
     classes = list(meta["classes"])
     features_meta = json.loads(Path("features/meta.json").read_text(encoding="utf-8"))

@@ -176,3 +176,28 @@ def test_page_draws_offline_in_chromium(tmp_path) -> None:
     images = re.findall(r'<img[^>]*src="(data:image/png;base64,[^"]+)"', dom)
     assert len(images) == 1
     assert dom.count("<span style=\"background:") >= 10  # one shaded span per word
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("n_posts", 0, "explain.n_posts must be an integer >= 1"),
+    ("k", [], "explain.k must list"),
+    ("k", [0, 2], "explain.k must list"),
+    ("steps", "many", "explain.steps must be an integer"),
+])
+def test_bad_explain_params_are_refused_naming_the_key(tmp_path, monkeypatch, key, value,
+                                                        message) -> None:
+    import yaml
+
+    from stages import explain
+    from stages.params import ParamsError
+
+    cfg = {"method": "auto", "n_posts": 10, "steps": 4, "k": [1, 2], "random_draws": 2,
+           "bootstrap": 10, "page_posts": 2, "seed": 0, key: value}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"explain": cfg}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        explain.main()
+    del cfg["seed"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"explain": cfg}))
+    with pytest.raises(ParamsError, match="explain.seed"):
+        explain.main()
