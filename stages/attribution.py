@@ -254,7 +254,8 @@ class Explainer:
                            return_offsets_mapping=True, return_special_tokens_mask=True,
                            return_tensors="pt")
         offsets = tok.pop("offset_mapping")[0].tolist()
-        special = tok.pop("special_tokens_mask").bool()
+        special = tok.pop("special_tokens_mask").bool().to(st.device)
+        tok = {k: v.to(st.device) for k, v in tok.items()}  # MiniLM may sit on a GPU
         ids = tok["input_ids"]
         baseline = torch.where(special, ids, torch.full_like(ids, st.tokenizer.pad_token_id))
         extra = {k: v for k, v in tok.items() if k != "input_ids"}
@@ -263,14 +264,14 @@ class Explainer:
         def forward(input_ids: torch.Tensor) -> torch.Tensor:
             n = len(input_ids)
             feats = {"input_ids": input_ids, **{k: v.expand(n, -1) for k, v in extra.items()}}
-            emb = st(feats)["sentence_embedding"].float()
+            emb = st(feats)["sentence_embedding"].float().to(image.device)  # the MLP: CPU
             return log_softmax(self.module, emb, image.expand(n, -1))
 
         layer = st[0].auto_model.embeddings.word_embeddings
         attr = LayerIntegratedGradients(forward, layer).attribute(
             ids, baselines=baseline, target=target, n_steps=self.steps,
             method="gausslegendre", internal_batch_size=self.steps)
-        token_scores = attr.sum(dim=-1)[0].detach().double().numpy()
+        token_scores = attr.sum(dim=-1)[0].detach().double().cpu().numpy()
         starts = [s for s, _ in spans]
         scores = np.zeros(len(spans))
         for (s, e), score, sp in zip(offsets, token_scores, special[0].tolist()):
