@@ -52,11 +52,17 @@ def scores(module: Any, split: dict[str, torch.Tensor], n_classes: int) -> dict[
             "ece_uncalibrated": expected_calibration_error(raw, y), "rows": int(len(y))}
 
 
-def run(work: Path, params: dict[str, Any], seed: int) -> dict[str, Any]:
+def run(work: Path, params: dict[str, Any], seed: int,
+        descriptions: np.ndarray | None = None) -> dict[str, Any]:
     meta = json.loads((work / "features" / "meta.json").read_text())
     n = len(meta["classes"])
     data = {s: read_features(work / "features" / f"{s}.safetensors", n, meta["dims"])
             for s in ("train", "val", "test")}
+    if descriptions is not None:  # each post's cosine similarity to each class description
+        for split in data.values():
+            text = split["text"] / split["text"].norm(dim=1, keepdim=True)
+            d = torch.as_tensor(descriptions / np.linalg.norm(descriptions, axis=1, keepdims=True))
+            split["text"] = torch.cat([split["text"], text @ d.float().T], dim=1)
     cfg = {key: params["train"][key] for key in TRAIN_KEYS} | {"seed": seed}
     cfg |= {key: params["train"].get(key, default) for key, default in OPTIONAL_KEYS.items()}
     weights = class_weights(params["weights"], data["train"]["label"].numpy(), meta["classes"],
@@ -110,6 +116,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     parser.add_argument("--tag", default="defaults")
+    parser.add_argument("--described", action="store_true",
+                        help="append the post-to-class_descriptions similarities to the text")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "defaults.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -119,9 +127,16 @@ def main() -> None:
         params["modality"] = MODALITY[name]
         for assignment in args.overrides:
             set_dotted(params, assignment)
+        descriptions = None
+        if args.described:
+            from stages.encoders import load_encoder
+            classes = json.loads((args.work / name / "features" / "meta.json").read_text())[
+                "classes"]
+            descriptions = load_encoder(params["featurize"]).encode_text(
+                [params["class_descriptions"][c] for c in classes])
         runs = []
         for seed in args.seeds:
-            runs.append(run(args.work / name, params, seed))
+            runs.append(run(args.work / name, params, seed, descriptions))
             r = runs[-1]
             print(f"{name}[{args.tag}] seed {seed}: val macro-F1 {r['val']['macro_f1']:.4f}, "
                   f"test macro-F1 {r['test']['macro_f1']:.4f} acc {r['test']['accuracy']:.4f}, "

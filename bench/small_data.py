@@ -10,9 +10,10 @@ cleaning does), through the pipeline's own prepare + featurize (run once in --wo
 --work again to reuse). All prepared rows are pooled; posts that share an image file or a
 normalised text of >= 4 words form one group, and a group is never on both sides.
 
-Each draw (seeded by its number): 100 training posts per class, then a disjoint test set of
-up to 100 per class (urgent_help has ~140 posts in the whole pool, so its test share is what
-is left: the count is printed). On each draw:
+Each draw (seeded by its number): the groups are split into a training and a test side, then
+100 random training posts per class and up to 100 test posts per class are sampled (urgent_help
+has ~125 posts in the whole pool, so its test share is what is left: the count is printed).
+On each draw:
 - `shipped`: the train stage's `fit` with params.yaml's train block (+ -S overrides); the 400
   posts are train + val as prepare would cut them (10% of groups, stratified, for validation);
 - `single`: the same with `cv_folds: 0` (one validation split: early stopping on ~40 posts);
@@ -116,28 +117,26 @@ def groups(texts: list[str], images: list[str]) -> np.ndarray:
 
 def draw(labels: np.ndarray, group: np.ndarray, n_classes: int,
          seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """100 training rows per class from whole groups, then up to 100 test rows per class
-    from the groups not used for training."""
+    """Groups split into a training side and a test side, then 100 random posts per class
+    from the training side and up to 100 per class from the test side (as prepare splits by
+    group and then samples its *_100 files). A class too rare for both sides (urgent_help)
+    has its groups on the training side until it holds 100 posts; the rest is the test's."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(np.unique(group))
-    members = {g: np.flatnonzero(group == g) for g in order}
-    # The rarest class first, so that its few groups are not spent on the test side.
-    train: list[int] = []
-    used: set[int] = set()
-    for c in np.argsort(np.bincount(labels, minlength=n_classes)):
-        for g in order:
-            if (labels[train] == c).sum() >= PER_CLASS:
-                break
-            rows = members[g]
-            if g not in used and (labels[rows] == c).any():
-                train += [r for r in rows if labels[r] == c]
-                used.add(g)
-    train_rows = np.array([r for c in range(n_classes)
-                           for r in [x for x in train if labels[x] == c][:PER_CLASS]])
-    rest = np.flatnonzero(~np.isin(group, list(used)))
-    test_rows = np.concatenate([rng.permutation(rest[labels[rest] == c])[:PER_CLASS]
-                                for c in range(n_classes)])
-    return train_rows, test_rows
+    names = rng.permutation(np.unique(group))
+    side = dict(zip(names, rng.random(len(names)) < 0.5))  # True: training side
+    counts = np.bincount(labels, minlength=n_classes)
+    for c in np.flatnonzero(counts < 4 * PER_CLASS):
+        have = 0
+        for g in names:
+            in_group = int(((group == g) & (labels == c)).sum())
+            if in_group:
+                side[g] = have < PER_CLASS
+                have += in_group if side[g] else 0
+    on_train = np.array([side[g] for g in group])
+    pick = [(rng.permutation(np.flatnonzero(on_train & (labels == c)))[:PER_CLASS],
+             rng.permutation(np.flatnonzero(~on_train & (labels == c)))[:PER_CLASS])
+            for c in range(n_classes)]
+    return np.concatenate([t for t, _ in pick]), np.concatenate([s for _, s in pick])
 
 
 def carve_val(data: dict[str, torch.Tensor], group: np.ndarray,

@@ -17,6 +17,9 @@ from typing import Any
 # spinning, 7 ms passive); on an idle one it costs little.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
+
+from stages.folds import training_groups
 from stages.loss import WEIGHT_MODES, class_weights
 from stages.model import MODALITIES, read_features, read_input_settings, save_model
 from stages.params import choice, load_params, require
@@ -69,8 +72,14 @@ def main() -> None:
                 live.log_metric(f"val/{key}", row[f"val_{key}"])
             live.sync()
 
+        def groups() -> Any:  # only for cross-validation: prepare's relations over train+val
+            ids = np.concatenate([train["id"].numpy(), val["id"].numpy()])
+            return training_groups(DATASET, ids, meta["input"]["dummy_size"],
+                                   int(require(params, "prepare.near_duplicate_bits")),
+                                   int(require(params, "prepare.min_shared_words")))
+
         module, history, info = fit(train, val, len(classes), modality, cfg, weights,
-                                    on_epoch if writer else None)
+                                    on_epoch if writer else None, groups)
         if writer:  # the summary (a DVC metric) describes the kept epoch, not the last one
             best = history[info["best_epoch"] - 1]
             live.summary = {"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from stages.calibration import fit_temperature, nll
 from stages.loss import WeightedSmoothedCE
@@ -156,15 +156,21 @@ class CrossValidation:
 
 
 def cross_validate(pool: dict[str, torch.Tensor], n_classes: int, modality: str,
-                   cfg: dict[str, Any], weights: np.ndarray, folds: int) -> CrossValidation:
-    """Stratified k folds (seeded); each fold model trains on k-1 parts, early-stopped on
-    the held-out one. The epoch count maximises the fold-mean held-out macro-F1 (a fold that
+                   cfg: dict[str, Any], weights: np.ndarray, folds: int,
+                   groups: np.ndarray | None = None) -> CrossValidation:
+    """Stratified k folds (seeded; whole `groups` per fold when given, so that no copy of a
+    held-out post is trained on); each fold model trains on k-1 parts, early-stopped on the
+    held-out one. The epoch count maximises the fold-mean held-out macro-F1 (a fold that
     stopped early counts with its last score), so the choice rests on every labelled post."""
     labels = pool["label"].numpy()
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(cfg["seed"]))
+    seed = int(cfg["seed"])
+    splitter = (StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+                if groups is None else
+                StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed))
     modules, histories, held_out = [], [], []
     oof = np.zeros((len(labels), n_classes))
-    for k, (fit_rows, out_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    for k, (fit_rows, out_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels,
+                                                            groups)):
         module, history, _ = train_model(take(pool, fit_rows), take(pool, out_rows), n_classes,
                                          modality, {**cfg, "seed": int(cfg["seed"]) + k},
                                          weights)
@@ -181,12 +187,15 @@ def cross_validate(pool: dict[str, torch.Tensor], n_classes: int, modality: str,
 def fit(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], n_classes: int,
         modality: str, cfg: dict[str, Any], weights: np.ndarray,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
+        groups: Callable[[], np.ndarray] | None = None,
         ) -> tuple[FusionMLP, list[dict[str, float]], dict[str, Any]]:
     """Large data: train (early-stopped on val), then fit the temperature on val.
 
     Small data (`cv_folds` >= 2 and at most `cv_max_rows` train+val rows): k-fold cross
     validation on train+val picks the epoch count, then one model is refitted on all of
     train+val for that many epochs; its temperature is fitted on the out-of-fold logits.
+    `groups` (called only then) gives each train+val row's group: posts sharing an image or
+    a text stay in one fold, else the held-out folds score copies of training posts.
     """
     folds, limit = int(cfg.get("cv_folds", 0)), int(cfg.get("cv_max_rows", 0))
     rows = len(train["label"]) + len(val["label"])
@@ -196,17 +205,18 @@ def fit(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], n_classes:
         return module, history, {**info, "selection": "validation split",
                                  "fit_rows": len(train["label"]), **calibrate(module, val)}
     module, history, info, _ = refit_after_cv(concat(train, val), n_classes, modality, cfg,
-                                              weights, on_epoch)
+                                              weights, on_epoch, groups() if groups else None)
     return module, history, info
 
 
 def refit_after_cv(pool: dict[str, torch.Tensor], n_classes: int, modality: str,
                    cfg: dict[str, Any], weights: np.ndarray,
                    on_epoch: Callable[[dict[str, float]], None] | None = None,
+                   groups: np.ndarray | None = None,
                    ) -> tuple[FusionMLP, list[dict[str, float]], dict[str, Any], CrossValidation]:
     """`fit`'s small-data path; also returns the cross-validation (its fold models)."""
     folds, rows = int(cfg["cv_folds"]), len(pool["label"])
-    cv = cross_validate(pool, n_classes, modality, cfg, weights, folds)
+    cv = cross_validate(pool, n_classes, modality, cfg, weights, folds, groups)
     module, history, info = train_model(pool, pool, n_classes, modality,
                                         {**cfg, "epochs": cv.epoch}, weights, keep_last=True)
     labels = pool["label"].numpy()
@@ -224,7 +234,8 @@ def refit_after_cv(pool: dict[str, torch.Tensor], n_classes: int, modality: str,
             on_epoch(row)
     chosen = mean_history[cv.epoch - 1]
     return module, mean_history, {
-        **info, "selection": f"{folds}-fold cross-validation on train+val ({rows} rows)",
+        **info, "selection": f"{folds}-fold cross-validation on train+val ({rows} rows, "
+                             f"{'grouped' if groups is not None else 'ungrouped'} folds)",
         "fit_rows": rows,
         "best_epoch": cv.epoch, "epochs_run": len(mean_history),
         "best_val_macro_f1": chosen["val_macro_f1"], "best_val_accuracy": chosen["val_accuracy"],

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from stages import loss, train
 from stages.model import load_model, predict_proba
 from stages.params import ParamsError
-from synthetic_features import CLASSES, make_split, write_features
+from stages.images import encode_jpeg, white_image
+from synthetic_features import CLASSES, INPUT, make_split, write_features
 
 CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.003,
        "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 40, "batch_size": 16,
@@ -259,12 +260,21 @@ def test_small_data_cross_validates_on_train_and_val_then_refits_on_all() -> Non
 
 def test_main_saves_the_temperature_and_the_selection(tmp_path, monkeypatch) -> None:
     write_features(tmp_path, {"train": 10, "val": 4, "test": 4})
+    # The split CSVs the grouped folds read: every post its own text, all on the white dummy.
+    dummy = f"images_train/{encode_jpeg(white_image(INPUT['dummy_size']))[0]}.jpg"
+    for split, name in (("train", "train_balanced.csv"), ("val", "val.csv")):
+        ids = load_file(str(tmp_path / "features" / f"{split}.safetensors"))["id"].numpy()
+        pd.DataFrame({"id": ids, "text": [f"post number {i} says this" for i in ids],
+                      "image_path": dummy, "label": "x"}).to_csv(tmp_path / "dataset" / name,
+                                                                  index=False)
     _params(tmp_path, train={**CFG, "epochs": 6, "cv_folds": 2, "cv_max_rows": 1000,
-                             "auto_weight_power": 0.5})
+                             "auto_weight_power": 0.5},
+            prepare={"near_duplicate_bits": 30, "min_shared_words": 4})
     monkeypatch.chdir(tmp_path)
     train.main()
     module, meta = load_model(tmp_path / "models")
-    assert meta["selection"].startswith("2-fold") and meta["standardisation"]["rows"] == 56
+    assert meta["selection"] == "2-fold cross-validation on train+val (56 rows, grouped folds)"
+    assert meta["standardisation"]["rows"] == 56
     assert float(module.temperature) == pytest.approx(meta["temperature"])
     summary = json.loads((tmp_path / "reports" / "train" / "metrics.json").read_text())
     assert summary["temperature"] == pytest.approx(meta["temperature"])
