@@ -32,3 +32,19 @@ def test_attributed_removal_beats_random_on_the_sample(tmp_path_factory) -> None
     assert [int(r["k"]) for r in rows] == list(range(max(report["k"]) + 1))
     page = (clone.root / "reports" / "explain" / "index.html").read_text(encoding="utf-8")
     assert "Correct predictions" in page and "data:image/png;base64," in page
+
+
+def test_dvc_plots_show_draws_the_deletion_curve_offline(tmp_path_factory, tmp_path) -> None:
+    from browser import render_dom, require_chromium
+    from test_plots_offline import PlotReader, dom_id
+
+    require_chromium()
+    clone, _ = clean_run(tmp_path_factory)
+    clone.run("dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    name = dom_id("Deletion curve (explain, test)")
+    reader = PlotReader({name})
+    reader.feed(render_dom(tmp_path / "plots" / "index.html", budget_ms=8000))
+    assert reader.svg.get(name), "the deletion curve was not drawn"
+    assert reader.paths[name].get("mark-line", 0) >= 4  # attributed and random, text and image
+    assert {"text_attributed", "text_random", "image_attributed", "image_random"} <= set(
+        reader.texts[name])
