@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import stages  # noqa: E402,F401  (process-wide settings, before torch loads)
 
 import numpy as np  # noqa: E402
 

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from stages.params import ParamsError, load_params
 
@@ -34,7 +34,8 @@ def build(cls: type[T], node: Any, where: str = "") -> T:
         raise ParamsError(f"params.yaml: {label} must be a mapping, got {node!r}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    if unknown := sorted(set(map(str, node)) - set(known)):
+    # A view reads some keys of a section another stage owns (DVC tracks just those keys).
+    if not getattr(cls, "view", False) and (unknown := sorted(set(map(str, node)) - set(known))):
         raise ParamsError(f"params.yaml: unknown key(s) {', '.join(_join(where, u) for u in unknown)}"
                           f"; {label} takes {', '.join(known)}")
     values = {}
@@ -156,3 +157,77 @@ class PrepareStage:
 
     def __post_init__(self) -> None:
         check_classes(self.classes)
+
+
+# --- featurize -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    image_size: int = bounded(32, 1024)       # EfficientNet-Lite0 input side, px
+    runtime: Literal["onnx", "torch"] = field()
+    bf16: bool = field()                      # torch runtime only: bf16 autocast
+
+    def __post_init__(self) -> None:
+        if self.bf16 and self.runtime != "torch":
+            raise ParamsError("params.yaml: featurize.offline.bf16: true needs "
+                              "featurize.offline.runtime: torch (the ONNX graphs run in fp32)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str                                # hub id (from the HF cache) or a local path
+
+
+@dataclass(frozen=True)
+class FeaturizeConfig:
+    encoder: Literal["offline", "blip2", "clip", "siglip"] = field()
+    batch_size: int = bounded(1)              # images per forward pass
+    text_batch_size: int = bounded(1)         # texts per forward pass
+    num_workers: int = bounded(0, 64)         # DataLoader processes decoding images
+    shard_size: int = bounded(1)              # distinct inputs per resumable shard
+    offline: OfflineConfig = field()
+    blip2: ModelConfig = field()
+    clip: ModelConfig = field()
+    siglip: ModelConfig = field()
+
+
+@dataclass(frozen=True)
+class FeaturizeStage:
+    featurize: FeaturizeConfig
+
+
+def featurize_config(node: dict[str, Any]) -> FeaturizeConfig:
+    """A FeaturizeConfig from a `featurize:` mapping (tests and benchmarks build their own)."""
+    return build(FeaturizeConfig, node, "featurize")
+
+
+# --- explain ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    method: Literal["auto", "integrated_gradients", "occlusion"] = field()
+    n_posts: int = bounded(1)                 # test posts explained and scored
+    steps: int = bounded(1)                   # integration steps
+    k: tuple[int, ...] = bounded(1)           # words / regions removed or kept
+    random_draws: int = bounded(1)            # seeded random-k draws: the baseline
+    bootstrap: int = bounded(1)               # resamples for the 95% intervals
+    page_posts: int = bounded(0)              # posts shown on reports/explain/index.html
+    seed: int = bounded(0, 2**32 - 1)
+
+    def __post_init__(self) -> None:
+        if not self.k:
+            raise ParamsError("params.yaml: explain.k must list at least one k value >= 1")
+
+
+@dataclass(frozen=True)
+class DummyView:
+    """The one prepare setting explain needs: which picture is the white dummy."""
+    view: ClassVar[bool] = True
+    dummy_size: int = bounded(1, 100_000)
+
+
+@dataclass(frozen=True)
+class ExplainStage:
+    explain: ExplainConfig
+    featurize: FeaturizeConfig
+    prepare: DummyView

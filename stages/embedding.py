@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from stages.config import FeaturizeConfig, featurize_config
 from stages.encoders import Encoder, ImageFiles
 from stages.feature_store import Items, collect, file_key, pending_shards, save_shard, text_key
 
@@ -54,11 +55,12 @@ def embed_texts(items: Items, todo: list, encoder: Encoder, batch: int, show: bo
             save_shard(path, out, tag)
 
 
-def embed(frames: dict[str, pd.DataFrame], encoder: Encoder, cfg: dict[str, Any],
+def embed(frames: dict[str, pd.DataFrame], encoder: Encoder,
+          cfg: FeaturizeConfig | Mapping[str, Any],
           work_dir: Path, rank: int = 0, world: int = 1) -> tuple[Items, Items]:
     """Embed this process's share of the distinct texts and images into shard files."""
-    size, batch, text_batch = (int(cfg[key]) for key in
-                               ("shard_size", "batch_size", "text_batch_size"))
+    cfg = featurize_config(dict(cfg)) if isinstance(cfg, Mapping) else cfg
+    size, batch, text_batch = cfg.shard_size, cfg.batch_size, cfg.text_batch_size
     # Batch composition can change the last bits of a vector: shards of other sizes don't mix.
     run_key = json.dumps([encoder.fingerprint(), batch, text_batch])
     texts = collect("text", {s: list(f["text"]) for s, f in frames.items()}, text_key)
@@ -68,6 +70,6 @@ def embed(frames: dict[str, pd.DataFrame], encoder: Encoder, cfg: dict[str, Any]
     log.info("process %d/%d: %d of %d image shards and %d of %d text shards to embed",
              rank + 1, world, len(image_todo), len(images.shards(size)), len(text_todo),
              len(texts.shards(size)))
-    embed_images(images, image_todo, encoder, batch, int(cfg["num_workers"]), rank == 0)
+    embed_images(images, image_todo, encoder, batch, cfg.num_workers, rank == 0)
     embed_texts(texts, text_todo, encoder, text_batch, rank == 0)
     return texts, images

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as featurize: no spinning idle threads
 
 import numpy as np
 import pandas as pd
 
-from stages import csvsafe
+from stages import config, csvsafe
 from stages.attribution import Explainer, Explanation
 from stages.encoders import load_encoder, load_rgb
 from stages.explain_page import post_card, render
@@ -29,11 +27,9 @@ from stages.faithfulness import measure
 from stages.files import write_json, write_text
 from stages.images import encode_jpeg, white_image
 from stages.model import load_model, read_features
-from stages.params import ParamsError, load_params, require
 
 log = logging.getLogger("explain")
 DATASET, REPORTS = Path("dataset"), Path("reports")
-KEYS = ("method", "n_posts", "steps", "k", "random_draws", "bootstrap", "page_posts", "seed")
 
 
 def select_posts(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -56,18 +52,17 @@ def share_by_class(exps: list[Explanation], classes: list[str]) -> dict[str, Any
 
 
 def explain_posts(posts: pd.DataFrame, explainer: Explainer, dummy: str, classes: list[str],
-                  cfg: dict[str, Any]) -> tuple[dict, list[dict], str]:
+                  cfg: config.ExplainConfig) -> tuple[dict, list[dict], str]:
     """The core: (explain.json content, deletion curve rows, page html) for `posts`
     (columns id, text, image_path relative to dataset/, label)."""
     images = [load_rgb(DATASET / p) for p in posts["image_path"]]
     has_image = [Path(p).stem != dummy for p in posts["image_path"]]
     exps = explainer.explain(list(posts["text"]), [explainer.encoder.preprocess(i) for i in images],
                              has_image)
-    ks = [int(k) for k in cfg["k"]]
-    faith, curve = measure(exps, explainer, ks, int(cfg["random_draws"]), int(cfg["bootstrap"]),
-                           int(cfg["seed"]))
+    ks = list(cfg.k)
+    faith, curve = measure(exps, explainer, ks, cfg.random_draws, cfg.bootstrap, cfg.seed)
     report = {"posts": len(exps), "posts_with_image": int(sum(has_image)), "k": ks,
-              "random_draws": int(cfg["random_draws"]),
+              "random_draws": cfg.random_draws,
               "methods": {"text": explainer.text_method, "image": explainer.image_method,
                           "word_removal": "deleted from the text, re-encoded",
                           "region_removal": explainer.image_removal},
@@ -77,7 +72,7 @@ def explain_posts(posts: pd.DataFrame, explainer: Explainer, dummy: str, classes
                   [classes[e.predicted] == a for e, a in zip(exps, posts["label"])])), 4)}
     correct = [i for i, (e, a) in enumerate(zip(exps, posts["label"])) if classes[e.predicted] == a]
     wrong = [i for i in range(len(exps)) if i not in set(correct)]
-    half = int(cfg["page_posts"]) // 2
+    half = cfg.page_posts // 2
     # Evenly spread over the file, so every source shows up, correct and wrong alike.
     shown = [(ok, group[int(j)]) for ok, group in ((True, correct), (False, wrong)) if group
              for j in np.unique(np.linspace(0, len(group) - 1, min(half, len(group))).round())]
@@ -88,17 +83,8 @@ def explain_posts(posts: pd.DataFrame, explainer: Explainer, dummy: str, classes
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params()
-    for key in KEYS:
-        require(params, f"explain.{key}")
-    cfg = params["explain"]
-    if not isinstance(cfg["k"], list) or not cfg["k"] or any(int(k) < 1 for k in cfg["k"]):
-        raise ParamsError(f"params.yaml: explain.k must list k values >= 1, got {cfg['k']}")
-    for key, least in (("n_posts", 1), ("steps", 1), ("random_draws", 1), ("bootstrap", 1),
-                       ("page_posts", 0)):
-        if not isinstance(cfg[key], int) or cfg[key] < least:
-            raise ParamsError(f"params.yaml: explain.{key} must be an integer >= {least}, "
-                              f"got {cfg[key]!r}")
+    stage = config.load(config.ExplainStage)  # checked before anything loads
+    cfg = stage.explain
     module, meta = load_model(Path("models"))
     classes = list(meta["classes"])
     features_meta = json.loads(Path("features/meta.json").read_text(encoding="utf-8"))
@@ -109,15 +95,15 @@ def main() -> None:
     if sorted(posts["id"].astype(np.int64)) != sorted(stored["id"].tolist()):
         raise ValueError("dataset/test_balanced.csv and features/test.safetensors hold other "
                          "posts; re-run featurize")
-    posts = select_posts(posts, int(cfg["n_posts"]), int(cfg["seed"]))
+    posts = select_posts(posts, cfg.n_posts, cfg.seed)
     start = time.perf_counter()
-    encoder = load_encoder(params["featurize"])
+    encoder = load_encoder(stage.featurize)
     if encoder.fingerprint() != meta.get("fingerprint"):
         raise ValueError(f"the featurize settings give encoder {encoder.name!r} with another "
                          "fingerprint than models/model.json's; re-run the pipeline")
-    explainer = Explainer(module, encoder, cfg["method"], int(cfg["steps"]))
+    explainer = Explainer(module, encoder, cfg.method, cfg.steps)
     loaded = time.perf_counter()
-    dummy = encode_jpeg(white_image(int(require(params, "prepare.dummy_size"))))[0]
+    dummy = encode_jpeg(white_image(stage.prepare.dummy_size))[0]
     report, curve, page = explain_posts(posts, explainer, dummy, classes, cfg)
     done = time.perf_counter()
     write_json(REPORTS / "explain.json", report)

@@ -17,28 +17,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Idle OpenMP threads sleep instead of spinning (read when torch loads its OpenMP runtime):
-# on a busy machine spinning threads starve each other (measured with 2 threads at load 11:
-# 3-12 posts/s spinning, 37 posts/s passive); on an idle one it costs little.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import pandas as pd
 import torch
 from accelerate import PartialState
 
-from stages import csvsafe
+from stages import config, csvsafe
+from stages.config import FeaturizeConfig
 from stages.embedding import embed
 from stages.encoders import Encoder, load_encoder
 from stages.feature_store import Items, ShardReader, write_rows
 from stages.files import write_json
-from stages.params import load_params, require
 
 log = logging.getLogger("featurize")
 DATASET, FEATURES, WORK_DIR = Path("dataset"), Path("features"), Path("tmp/featurize")
 SPLITS = {"train": "train_balanced.csv", "val": "val.csv", "test": "test_balanced.csv"}
 COLUMNS = ["id", "text", "image_path", "label"]
-REQUIRED = ("encoder", "batch_size", "text_batch_size", "num_workers", "shard_size")
 
 
 def read_split(path: Path, classes: list[str]) -> pd.DataFrame:
@@ -62,10 +56,10 @@ def read_split(path: Path, classes: list[str]) -> pd.DataFrame:
 
 
 def write_features(frames: dict[str, pd.DataFrame], texts: Items, images: Items,
-                   encoder: Encoder, cfg: dict[str, Any], work_dir: Path, out_dir: Path,
+                   encoder: Encoder, cfg: FeaturizeConfig, work_dir: Path, out_dir: Path,
                    classes: list[str]) -> dict[str, Any]:
     """Each split's file in CSV row order, assembled from the shards; then meta.json."""
-    size, fingerprint = int(cfg["shard_size"]), encoder.fingerprint()
+    size, fingerprint = cfg.shard_size, encoder.fingerprint()
     text_rows = ShardReader(work_dir, "text", size, encoder.text_dim)
     image_rows = ShardReader(work_dir, "image", size, encoder.image_dim)
     for split, frame in frames.items():
@@ -84,10 +78,7 @@ def write_features(frames: dict[str, pd.DataFrame], texts: Items, images: Items,
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params()
-    for key in REQUIRED:  # fail before any model loads, naming the key
-        require(params, f"featurize.{key}")
-    cfg = params["featurize"]
+    cfg = config.load(config.FeaturizeStage).featurize  # fails before any model loads
     # cpu=True lets torchrun-style launchers form a gloo process group on CPU-only machines.
     state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -12,11 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Idle OpenMP threads sleep instead of spinning (read when torch loads its OpenMP runtime): on
-# a busy machine spinning threads starve each other (an MLP step at load 10 on 2 cores: 176 ms
-# spinning, 7 ms passive); on an idle one it costs little.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 
 from stages.folds import training_groups

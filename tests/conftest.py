@@ -3,7 +3,6 @@ small generated images, and a PNG that claims a huge size (decompression bomb)."
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -13,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# As the stages do: before any test imports torch, so idle OpenMP threads sleep instead of
-# spinning (on a busy 2-core machine spinning made an MLP step 25x slower).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The stages' process-wide settings (stages/__init__.py), before any test imports torch.
+import stages  # noqa: E402,F401
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

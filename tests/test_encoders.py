@@ -14,6 +14,8 @@ from safetensors.torch import load_file, save_file
 from stages.encoders import BACKENDS, EncoderError, load_encoder
 from stages.encoders.base import ImageFiles, fingerprint_files, masked_mean
 from tiny_models import save_tiny_blip2, save_tiny_clip, save_tiny_siglip
+from shipped_params import featurize_cfg
+from stages.params import ParamsError
 
 TINY = {"blip2": (save_tiny_blip2, 24, 32), "clip": (save_tiny_clip, 16, 16),
         "siglip": (save_tiny_siglip, 32, 40)}  # builder, text dim, image dim
@@ -30,8 +32,8 @@ def pictures() -> list[Image.Image]:
 @pytest.fixture(scope="module", params=["onnx", "torch"])
 def offline(request):
     """The offline encoder in each runtime (shipped default: onnx, fp32)."""
-    return load_encoder({"encoder": "offline",
-                         "offline": {"image_size": 224, "runtime": request.param}},
+    return load_encoder(featurize_cfg({"encoder": "offline",
+                         "offline": {"image_size": 224, "runtime": request.param}}),
                         torch.device("cpu"))
 
 
@@ -84,8 +86,9 @@ def test_preprocess_runs_in_a_spawned_worker_process(offline, tmp_path: Path) ->
 
 
 def test_unknown_encoder_names_the_valid_ones() -> None:
-    with pytest.raises(EncoderError, match="'blip3'.*offline, blip2, clip, siglip"):
-        load_encoder({"encoder": "blip3"})
+    with pytest.raises(ParamsError, match="featurize.encoder='blip3' is not one of offline, "
+                                          "blip2, clip, siglip"):
+        featurize_cfg({"encoder": "blip3"})
     assert set(BACKENDS) == {"offline", "blip2", "clip", "siglip"}
 
 
@@ -111,7 +114,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_tiny_model_embeds_through_the_real_loading_code(tiny, name: str) -> None:
-    encoder = load_encoder({"encoder": name, name: {"model": str(tiny[name])}},
+    encoder = load_encoder(featurize_cfg({"encoder": name, name: {"model": str(tiny[name])}}),
                            torch.device("cpu"))
     _, text_dim, image_dim = TINY[name]
     assert (encoder.name, encoder.text_dim, encoder.image_dim) == (name, text_dim, image_dim)
@@ -134,8 +137,8 @@ def test_hub_id_is_read_from_the_hf_cache(tiny, tmp_path: Path, monkeypatch) -> 
     (tmp_path / "models--acme--tiny-clip" / "refs").mkdir()
     (tmp_path / "models--acme--tiny-clip" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    encoder = load_encoder({"encoder": "clip", "clip": {"model": "acme/tiny-clip"}})
-    direct = load_encoder({"encoder": "clip", "clip": {"model": str(tiny["clip"])}})
+    encoder = load_encoder(featurize_cfg({"encoder": "clip", "clip": {"model": "acme/tiny-clip"}}))
+    direct = load_encoder(featurize_cfg({"encoder": "clip", "clip": {"model": str(tiny["clip"])}}))
     assert encoder.model == "acme/tiny-clip"
     assert encoder.fingerprint() == direct.fingerprint()
 
@@ -143,7 +146,7 @@ def test_hub_id_is_read_from_the_hf_cache(tiny, tmp_path: Path, monkeypatch) -> 
 def test_missing_weights_stop_with_instructions(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(EncoderError) as err:
-        load_encoder({"encoder": "blip2", "blip2": {"model": "Salesforce/blip2-opt-2.7b-coco"}})
+        load_encoder(featurize_cfg({"encoder": "blip2", "blip2": {"model": "Salesforce/blip2-opt-2.7b-coco"}}))
     message = str(err.value)
     assert "Salesforce/blip2-opt-2.7b-coco" in message and "featurize.blip2.model" in message
     assert "save_pretrained" in message and str(tmp_path) in message
@@ -151,11 +154,11 @@ def test_missing_weights_stop_with_instructions(tmp_path: Path, monkeypatch) -> 
 
 def test_wrong_or_incomplete_checkpoint_is_refused(tiny, tmp_path: Path) -> None:
     with pytest.raises(EncoderError, match="'siglip' model, not CLIP"):
-        load_encoder({"encoder": "clip", "clip": {"model": str(tiny["siglip"])}})
+        load_encoder(featurize_cfg({"encoder": "clip", "clip": {"model": str(tiny["siglip"])}}))
     broken = tmp_path / "broken"
     save_tiny_clip(broken)
     weights = load_file(broken / "model.safetensors")
     del weights["text_projection.weight"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(EncoderError, match="lacks weights.*text_projection"):
-        load_encoder({"encoder": "clip", "clip": {"model": str(broken)}})
+        load_encoder(featurize_cfg({"encoder": "clip", "clip": {"model": str(broken)}}))

@@ -179,10 +179,10 @@ def test_page_draws_offline_in_chromium(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("n_posts", 0, "explain.n_posts must be an integer >= 1"),
-    ("k", [], "explain.k must list"),
-    ("k", [0, 2], "explain.k must list"),
-    ("steps", "many", "explain.steps must be an integer"),
+    ("n_posts", 0, "explain.n_posts=0 must be in [1, inf]"),
+    ("k", [], "explain.k must list at least one"),
+    ("k", [0, 2], "explain.k[0]=0 must be in [1, inf]"),
+    ("steps", "many", "explain.steps='many' must be int"),
 ])
 def test_bad_explain_params_are_refused_naming_the_key(tmp_path, monkeypatch, key, value,
                                                         message) -> None:
@@ -197,7 +197,8 @@ def test_bad_explain_params_are_refused_naming_the_key(tmp_path, monkeypatch, ke
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamsError, match=re.escape(message)):
         explain.main()
-    del cfg["seed"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"explain": cfg}))
-    with pytest.raises(ParamsError, match="explain.seed"):
+    good = {"method": "auto", "n_posts": 10, "steps": 4, "k": [1, 2], "random_draws": 2,
+            "bootstrap": 10, "page_posts": 2}  # no seed: the missing key is named
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"explain": good}))
+    with pytest.raises(ParamsError, match="missing key 'explain.seed'"):
         explain.main()

@@ -14,6 +14,7 @@ from stages.encoders import load_encoder
 from stages.faithfulness import measure
 from stages.model import FusionMLP
 from tiny_models import save_tiny_clip
+from shipped_params import featurize_cfg
 
 KEY = "rescue"
 FILLER = ("the a in of on is are we our city road bridge photo storm water food people "
@@ -54,14 +55,14 @@ def train_planted(encoder, seed: int = 0) -> FusionMLP:
 @pytest.fixture(scope="module")
 def offline():
     # 64 px images: the text is what these tests are about; fp32 for stable gradients.
-    return load_encoder({"encoder": "offline", "offline": {"image_size": 64, "bf16": False}},
+    return load_encoder(featurize_cfg({"encoder": "offline", "offline": {"image_size": 64, "bf16": False}}),
                         torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     path = save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
-    return load_encoder({"encoder": "clip", "clip": {"model": str(path)}}, torch.device("cpu"))
+    return load_encoder(featurize_cfg({"encoder": "clip", "clip": {"model": str(path)}}), torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from stages import featurize
 from stages.csvsafe import write_csv
 from stages.encoders import Encoder
 from stages.feature_store import write_safetensors
+from shipped_params import featurize_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
@@ -91,8 +92,8 @@ def run_fake(root: Path, encoder: Encoder, shard_size: int = 2, ranks: tuple = (
              num_workers: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Run the stage's core with `encoder`, each (rank, world) in turn, then assemble."""
     frames = {s: featurize.read_split(root / "dataset" / f, CLASSES) for s, f in FILES.items()}
-    cfg = {"batch_size": 2, "text_batch_size": 3, "num_workers": num_workers,
-           "shard_size": shard_size}
+    cfg = featurize_cfg({"batch_size": 2, "text_batch_size": 3, "num_workers": num_workers,
+                         "shard_size": shard_size})
     for rank, world in ranks:
         texts, images = featurize.embed(frames, encoder, cfg, root / "work", rank, world)
     featurize.write_features(frames, texts, images, encoder, cfg, root / "work",
@@ -125,7 +126,7 @@ def test_stage_writes_the_contract_deterministically(tmp_path: Path, monkeypatch
     assert np.array_equal(val["text"][0], train["text"][2])  # same text across splits
     # The stage's vectors are the encoder's own for that post.
     from stages.encoders import load_encoder
-    encoder = load_encoder(params["featurize"], torch.device("cpu"))
+    encoder = load_encoder(featurize_cfg(params["featurize"]), torch.device("cpu"))
     pixels = encoder.preprocess(Image.open(tmp_path / "dataset/images_train/1.png").convert("RGB"))
     np.testing.assert_allclose(encoder.encode_images(pixels[None])[0], train["image"][1],
                                atol=1e-5)

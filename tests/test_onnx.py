@@ -15,14 +15,16 @@ import torch
 from stages.encoders import EncoderError, load_encoder
 from stages.encoders import onnx_graph
 from stages.images import load_image
+from shipped_params import featurize_cfg
+from stages.params import ParamsError
 
 RAW = Path(__file__).resolve().parents[1] / "dataset" / "raw"
 POSTS = 6  # real posts of the shipped sample: a handful keeps the test fast
 
 
 def encoder(runtime: str, **extra) -> object:
-    return load_encoder({"encoder": "offline",
-                         "offline": {"image_size": 224, "runtime": runtime, **extra}},
+    return load_encoder(featurize_cfg({"encoder": "offline",
+                         "offline": {"image_size": 224, "runtime": runtime, **extra}}),
                         torch.device("cpu"))
 
 
@@ -99,10 +101,10 @@ def test_fingerprint_names_the_runtime_and_its_versions(runtimes, monkeypatch) -
 
 
 def test_bf16_and_unknown_runtimes_are_refused_naming_the_key() -> None:
-    with pytest.raises(EncoderError, match=r"featurize\.offline\.bf16: true needs .*runtime: torch"):
+    with pytest.raises(ParamsError, match=r"featurize\.offline\.bf16: true needs .*runtime: torch"):
         encoder("onnx", bf16=True)
-    with pytest.raises(EncoderError, match=r"featurize\.offline\.runtime='tensorrt' is not one "
-                                           r"of onnx, torch"):
+    with pytest.raises(ParamsError, match=r"featurize\.offline\.runtime='tensorrt' is not one "
+                                          r"of onnx, torch"):
         encoder("tensorrt")
 
 

@@ -13,12 +13,14 @@ import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from stages.config import FeaturizeConfig, featurize_config
 
 # Backend name -> module in this package, which defines `load(name, params, device) -> Encoder`.
 BACKENDS = {"offline": "offline", "blip2": "blip2", "clip": "clip", "siglip": "clip"}
@@ -55,15 +57,13 @@ class Encoder(ABC):
         """Hex digest naming the embedding function: weight files plus extraction settings."""
 
 
-def load_encoder(featurize_params: dict[str, Any], device: torch.device | None = None) -> Encoder:
-    """Build the encoder named by `featurize.encoder`, on `device` (default: best available)."""
-    name = featurize_params.get("encoder")
-    if name not in BACKENDS:
-        raise EncoderError(
-            f"params.yaml: featurize.encoder={name!r} is not one of {', '.join(BACKENDS)}"
-        )
-    module = importlib.import_module(f"{__package__}.{BACKENDS[name]}")
-    return module.load(name, featurize_params, device or default_device())
+def load_encoder(cfg: FeaturizeConfig | Mapping[str, Any], device: torch.device | None = None
+                 ) -> Encoder:
+    """Build the encoder named by `featurize.encoder`, on `device` (default: best available).
+    A plain `featurize:` mapping (benchmarks, other revisions' scripts) is validated first."""
+    cfg = featurize_config(dict(cfg)) if isinstance(cfg, Mapping) else cfg
+    module = importlib.import_module(f"{__package__}.{BACKENDS[cfg.encoder]}")
+    return module.load(cfg.encoder, cfg, device or default_device())
 
 
 def default_device() -> torch.device:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.config import FeaturizeConfig
 from .base import Encoder, as_float32, fingerprint_files, masked_mean, model_files
 from .hf import ProcessorPreprocess, load_pretrained, model_dtype, model_spec, text_max_length
 
@@ -74,5 +75,5 @@ class Blip2Encoder(Encoder):
         return fingerprint_files(model_files(self.path), settings)
 
 
-def load(name: str, params: dict[str, Any], device: torch.device) -> Encoder:
-    return Blip2Encoder(model_spec(params, name), device)
+def load(name: str, cfg: FeaturizeConfig, device: torch.device) -> Encoder:
+    return Blip2Encoder(model_spec(cfg, name), device)

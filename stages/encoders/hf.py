@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from stages.config import FeaturizeConfig
 from .base import EncoderError, resolve_pretrained
 
 
@@ -29,11 +30,8 @@ class ProcessorPreprocess:
         ][0]
 
 
-def model_spec(params: dict[str, Any], backend: str) -> str:
-    spec = (params.get(backend) or {}).get("model")
-    if not spec:
-        raise EncoderError(f"params.yaml: featurize.{backend}.model is not set")
-    return str(spec)
+def model_spec(cfg: FeaturizeConfig, backend: str) -> str:
+    return getattr(cfg, backend).model
 
 
 def load_pretrained(model_cls: Any, processor_cls: Any, spec: str, backend: str,

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stages.config import FeaturizeConfig
 from .base import Encoder, EncoderError, as_float32, fingerprint_files, model_files
 
 log = logging.getLogger(__name__)
@@ -219,12 +220,10 @@ class OfflineEncoder(Encoder):
         return fingerprint_files(files, self.settings)
 
 
-def load(name: str, params: dict[str, Any], device: torch.device) -> Encoder:
-    settings = params.get("offline") or {}
+def load(name: str, cfg: FeaturizeConfig, device: torch.device) -> Encoder:
     try:
-        return OfflineEncoder(int(settings.get("image_size", 224)),
-                              bool(settings.get("bf16", False)), device,
-                              str(settings.get("runtime", "onnx")))
+        return OfflineEncoder(cfg.offline.image_size, cfg.offline.bf16, device,
+                              cfg.offline.runtime)
     except ImportError as exc:
         raise EncoderError(
             f"the offline encoder needs the wheels efficientnet-lite-pytorch, "
