@@ -231,3 +231,43 @@ class ExplainStage:
     explain: ExplainConfig
     featurize: FeaturizeConfig
     prepare: DummyView
+
+
+# --- train -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = bounded(0, 2**32 - 1)
+    fusion: Literal["gated", "concat"] = field()
+    hidden: tuple[int, ...] = bounded(1)      # widths of the two hidden layers
+    dropout: float = bounded(0, 1, open_high=True)
+    lr: float = bounded(0, open_low=True)
+    weight_decay: float = bounded(0)
+    label_smoothing: float = bounded(0, 1, open_high=True)
+    epochs: int = bounded(1)
+    batch_size: int = bounded(1)
+    patience: int = bounded(1)                # epochs without a better val macro-F1
+    auto_weight_power: float = bounded(0, 1)  # weights=auto: inverse frequency ** this
+    cv_folds: int = bounded(0)                # >= 2: k-fold CV on train+val picks the epochs
+    cv_max_rows: int = bounded(0)             # ...when train+val has at most this many rows
+
+    def __post_init__(self) -> None:
+        if self.cv_folds == 1:
+            raise ParamsError("params.yaml: train.cv_folds=1 must be 0 (off) or >= 2")
+
+
+@dataclass(frozen=True)
+class GroupingView:
+    """prepare's grouping relations, which cross-validation folds keep whole too."""
+    view: ClassVar[bool] = True
+    near_duplicate_bits: int = bounded(-1, 255)
+    min_shared_words: int = bounded(1)
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    weights: Literal["auto", "manual", "none"] = field()
+    manual_weights: dict[str, float] = field()   # checked against the classes by train
+    modality: Literal["both", "text", "image"] = field()
+    train: TrainConfig = field()
+    prepare: GroupingView = field()

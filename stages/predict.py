@@ -17,13 +17,14 @@ from typing import Any
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
-from stages import csvsafe
+from stages import config, csvsafe
+from stages.config import FeaturizeConfig
 from stages.embedding import embed
 from stages.encoders import Encoder, EncoderError, load_encoder
 from stages.feature_store import ShardReader
-from stages.images import ImageStore
+from stages.images import ImageDecodeError, ImageStore
 from stages.model import INPUT_KEYS, META_FILE, FusionMLP, load_model, predict_proba
-from stages.params import ParamsError, load_params, require
+from stages.params import ParamsError
 from stages.text import clean_text
 
 log = logging.getLogger("predict")
@@ -33,7 +34,7 @@ class PredictError(ValueError):
     """No trained model, an encoder other than the model's, or an unusable input file."""
 
 
-def load_predictor(params: dict[str, Any], model_dir: Path
+def load_predictor(cfg: FeaturizeConfig, model_dir: Path
                    ) -> tuple[FusionMLP, dict[str, Any], Encoder]:
     """The trained model, its model.json, and the encoder it was trained with."""
     meta_path = model_dir / META_FILE
@@ -45,10 +46,10 @@ def load_predictor(params: dict[str, Any], model_dir: Path
     if not isinstance(recorded, dict) or set(recorded) != set(INPUT_KEYS):
         raise PredictError(f"{meta_path} does not record the input settings it was trained with "
                            f"(an 'input' block with {list(INPUT_KEYS)}); retrain with `dvc repro`")
-    cfg, trained = require(params, "featurize"), (meta.get("encoder"), meta.get("fingerprint"))
+    trained = (meta.get("encoder"), meta.get("fingerprint"))
     # Another backend is refused before it loads; the same one is built to compare fingerprints.
-    encoder = load_encoder(cfg) if cfg.get("encoder") == trained[0] else None
-    built = (encoder.name, encoder.fingerprint()) if encoder else (cfg.get("encoder"), "-")
+    encoder = load_encoder(cfg) if cfg.encoder == trained[0] else None
+    built = (encoder.name, encoder.fingerprint()) if encoder else (cfg.encoder, "-")
     if built != trained:
         raise PredictError(f"encoder mismatch: {meta_path} was trained with {trained[0]!r} "
                            f"(fingerprint {str(trained[1])[:12]}), params.yaml's featurize block "
@@ -58,17 +59,17 @@ def load_predictor(params: dict[str, Any], model_dir: Path
 
 
 def classify(posts: pd.DataFrame, image_root: Path, module: FusionMLP, encoder: Encoder,
-             params: dict[str, Any], model_meta: dict[str, Any]) -> pd.DataFrame:
+             cfg: FeaturizeConfig, model_meta: dict[str, Any]) -> pd.DataFrame:
     """`posts` + image_status, predicted, prob_<class>: each text and image (under image_root)
     cleaned and stored as prepare did for the model's training data (model.json's `input`:
     white dummy if unusable), embedded as featurize does."""
-    prep, cfg, classes = model_meta["input"], params["featurize"], list(model_meta["classes"])
+    prep, classes = model_meta["input"], list(model_meta["classes"])
     with tempfile.TemporaryDirectory(prefix="crisis-mm-predict-") as work:
         store = ImageStore(Path(work) / "images", prep["max_side"], prep["dummy_size"])
         stored = [store.get([path], image_root) for path in posts["image_path"]]
         frame = pd.DataFrame({"text": [clean_text(t, prep["strip_urls"]) for t in posts["text"]],
                               "image": [f"{store.staging}/{s.digest}.jpg" for s in stored]})
-        shards, size = Path(work) / "shards", int(cfg["shard_size"])
+        shards, size = Path(work) / "shards", cfg.shard_size
         texts, images = embed({"posts": frame}, encoder, cfg, shards)
         text = ShardReader(shards, "text", size, encoder.text_dim).rows(texts.rows["posts"])
         image = ShardReader(shards, "image", size, encoder.image_dim).rows(images.rows["posts"])
@@ -121,16 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     if (args.csv is None) != (args.out is None) or (args.image if args.csv else args.image_root):
         parser.error("--csv needs --out and may take --image-root; --text may take --image")
     try:
-        params = load_params(args.params)
+        cfg = config.load(config.FeaturizeStage, args.params).featurize
         if args.csv:
             posts, root = read_posts(args.csv), args.image_root or args.csv.parent
         else:  # the image's own folder is its root: any file the user names may be read
             path = args.image.resolve() if args.image else None
             name, root = (path.name, path.parent) if path else ("", Path.cwd())
             posts = pd.DataFrame({"text": [args.text], "image_path": [name]})
-        module, meta, encoder = load_predictor(params, args.model_dir)
-        result = classify(posts, root, module, encoder, params, meta)
-    except (PredictError, ParamsError, EncoderError, FileNotFoundError) as exc:
+        module, meta, encoder = load_predictor(cfg, args.model_dir)
+        result = classify(posts, root, module, encoder, cfg, meta)
+    except (PredictError, ParamsError, EncoderError, ImageDecodeError, FileNotFoundError) as exc:
         raise SystemExit(f"predict: error: {exc}") from None
     if args.csv:
         csvsafe.write_csv(result, args.out)

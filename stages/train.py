@@ -6,19 +6,20 @@ Reads `weights`, `manual_weights`, `modality`, `train.*` and `features/`; writes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stages import config
 from stages.folds import training_groups
-from stages.loss import WEIGHT_MODES, class_weights
-from stages.model import MODALITIES, read_features, read_input_settings, save_model
-from stages.params import choice, load_params, require
-from stages.training import (CPU_ONLY, OPTIONAL_KEYS, TRAIN_KEYS, fit,  # noqa: F401
+from stages.loss import class_weights
+from stages.model import read_features, read_input_settings, save_model
+from stages.ranks import process_group
+from stages.training import (CPU_ONLY, TRAIN_KEYS, fit,  # noqa: F401
                              train_model)  # train_model, class_weights: re-exported for bench/
 
 log = logging.getLogger("train")
@@ -28,11 +29,8 @@ DATASET = Path("dataset")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    params = load_params()
-    mode = choice(params, "weights", WEIGHT_MODES)
-    modality = choice(params, "modality", MODALITIES)
-    cfg = {key: require(params, f"train.{key}") for key in TRAIN_KEYS}
-    cfg |= {key: params["train"].get(key, default) for key, default in OPTIONAL_KEYS.items()}
+    stage = config.load(config.TrainStage)
+    mode, modality = stage.weights, stage.modality
     meta = json.loads((FEATURES / "meta.json").read_text(encoding="utf-8"))
     classes = list(meta["classes"])
     train, val = (read_features(FEATURES / f"{s}.safetensors", len(classes), meta["dims"])
@@ -45,18 +43,23 @@ def main() -> None:
                          f"{prepared}: the features are stale; re-run featurize")
     meta = {**meta, "input": read_input_settings(DATASET / "input.json")}
     weights = class_weights(mode, train["label"].numpy(), classes,
-                            params.get("manual_weights") if mode == "manual" else None,
-                            cfg["auto_weight_power"])
+                            stage.manual_weights if mode == "manual" else None,
+                            stage.train.auto_weight_power)
     weight_map = {c: round(float(w), 6) for c, w in zip(classes, weights)}
     log.info("%d train / %d val rows, modality=%s, class weights (%s): %s",
              len(train["label"]), len(val["label"]), modality, mode, weight_map)
 
-    from accelerate import PartialState  # heavy imports: only for the stage run
-    from dvclive import Live
+    from dvclive import Live  # heavy: only for the stage run
 
-    # Under `accelerate launch` every process trains; only the main one writes outputs.
-    state = PartialState(cpu=CPU_ONLY)
-    writer = state.is_main_process
+    with process_group(CPU_ONLY) as state:
+        writer = state.is_main_process
+        _run(stage, train, val, classes, meta, weights, weight_map, writer, Live)
+
+
+def _run(stage: config.TrainStage, train: Any, val: Any, classes: list[str], meta: dict,
+         weights: Any, weight_map: dict[str, float], writer: bool, Live: Any) -> None:
+    # The training core (also driven by bench/) takes the validated settings as a mapping.
+    mode, modality, cfg = stage.weights, stage.modality, dataclasses.asdict(stage.train)
     # dvcyaml=None: our dvc.yaml declares the plots; `dvc exp run` records the experiment.
     with (Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if writer
           else contextlib.nullcontext()) as live:
@@ -70,8 +73,8 @@ def main() -> None:
         def groups() -> Any:  # only for cross-validation: prepare's relations over train+val
             ids = np.concatenate([train["id"].numpy(), val["id"].numpy()])
             return training_groups(DATASET, ids, meta["input"]["dummy_size"],
-                                   int(require(params, "prepare.near_duplicate_bits")),
-                                   int(require(params, "prepare.min_shared_words")))
+                                   stage.prepare.near_duplicate_bits,
+                                   stage.prepare.min_shared_words)
 
         module, history, info = fit(train, val, len(classes), modality, cfg, weights,
                                     on_epoch if writer else None, groups)
@@ -82,15 +85,6 @@ def main() -> None:
                             "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")}}
     if writer:
         _save(module, meta, classes, modality, mode, weight_map, cfg, info["fit_rows"], info)
-    # Every rank waits for the writer, then leaves the process group: a rank that exits with
-    # the group still open can abort in gloo's teardown and fail the whole launch.
-    state.wait_for_everyone()
-    state.destroy_process_group()
-    if not writer:
-        # Nothing left to write on this rank; skip interpreter teardown, where gloo's threads
-        # can still abort a finished worker and fail the whole launch.
-        logging.shutdown()
-        os._exit(0)
 
 
 def _save(module: Any, meta: dict[str, Any], classes: list[str], modality: str, mode: str,

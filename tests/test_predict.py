@@ -28,9 +28,9 @@ PER_CLASS = 10
 _encoders: dict[str, object] = {}
 
 
-def cached_load_encoder(cfg: dict, device=None):
+def cached_load_encoder(cfg, device=None):
     """The real load_encoder, loaded once per configuration for the whole module."""
-    key = json.dumps(cfg, sort_keys=True)
+    key = repr(cfg)  # a frozen dataclass: its repr names every setting
     if key not in _encoders:
         _encoders[key] = load_encoder(cfg, device)
     return _encoders[key]
@@ -47,8 +47,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Fixed splits (the csv source's `split` column), so that the test split surely holds
     # replies: a text starting with '@' is formula-escaped in prepare's CSVs.
     position = posts.groupby("label").cumcount()
-    posts["split"] = np.select([posts["text"].str.startswith("@") | (position >= 8),
-                                position >= 6], ["test", "val"], "train")
+    wanted = pd.Series(np.select([posts["text"].str.startswith("@") | (position >= 8),
+                                  position >= 6], [2, 1], 0), index=posts.index)
+    # Posts of one picture share a split (prepare would drop the later copies as leaks).
+    side = wanted.groupby(posts["image_path"]).transform("max")
+    posts["split"] = side.map({0: "train", 1: "val", 2: "test"})
     (work / "dataset" / "raw").mkdir(parents=True)
     posts.to_csv(work / "dataset" / "raw" / "crisis4_sample.csv", index=False)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -58,8 +61,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["prepare"].update(balance="none", per_class_small=5)
     # fp32: with bf16 autocast a text's vector moves ~1e-3 with its batch-mates' padding,
     # which a 1e-5 comparison with the stored features would see.
-    params["featurize"].update(batch_size=8, num_workers=0, offline={"image_size": 128,
-                                                                     "bf16": False})
+    params["featurize"].update(batch_size=8, num_workers=0)
+    params["featurize"]["offline"].update(image_size=128, bf16=False)
     params["train"].update(epochs=15, patience=5, hidden=[32, 16])
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:

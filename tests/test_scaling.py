@@ -29,13 +29,14 @@ LAUNCH_2CPU = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processe
 # must leave the loop at the same epoch, or the others hang in the next all-reduce.
 TRAIN = {"seed": 3, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.03,
          "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 30, "batch_size": 16,
-         "patience": 2}
+         "patience": 2, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0}
 
 
 def _project(root: Path) -> Path:
     """Synthetic features (4 classes, 30 train rows each, moderately separable) + params."""
     write_features(root, {"train": 30, "val": 10, "test": 5}, separation=1.0)
     params = {"weights": "auto", "modality": "both", "train": TRAIN,
+              "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4},
               "manual_weights": {"urgent_help": 1.0, "relief_info": 1.0,
                                  "misinformation": 1.0, "irrelevant": 1.0}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")

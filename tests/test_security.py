@@ -199,7 +199,8 @@ WEIGHTS = {"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0, "irrel
 
 def _train_params(root: Path, **overrides) -> None:
     params = {"weights": "manual", "manual_weights": dict(WEIGHTS), "modality": "both",
-              "train": TRAIN} | overrides
+              "train": TRAIN, "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4}
+              } | overrides
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
 
@@ -258,8 +259,8 @@ def test_featurize_rejects_an_unknown_encoder(tmp_path: Path,
     params["featurize"]["encoder"] = "blip3"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(EncoderError, match=r"params.yaml: featurize.encoder='blip3' is not one "
-                                           r"of offline, blip2, clip, siglip"):
+    with pytest.raises(ParamsError, match=r"params.yaml: featurize.encoder='blip3' is not one "
+                                          r"of offline, blip2, clip, siglip"):
         featurize.main()
     assert not (tmp_path / "features").exists()
 

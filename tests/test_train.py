@@ -18,7 +18,7 @@ from synthetic_features import CLASSES, INPUT, make_split, write_features
 
 CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.003,
        "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 40, "batch_size": 16,
-       "patience": 40}
+       "patience": 40, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0}
 
 
 def test_auto_weights_are_inverse_frequency() -> None:
@@ -154,6 +154,8 @@ def _params(root, **overrides) -> None:
               "manual_weights": {"urgent_help": 4.0, "relief_info": 1.0,
                                  "misinformation": 1.0, "irrelevant": 1.0},
               "train": {**CFG, "epochs": 8}}
+    grouping = {"near_duplicate_bits": 30, "min_shared_words": 4}  # read by train (CV folds)
+    params["prepare"] = grouping | overrides.pop("prepare", {})
     params.update(overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
