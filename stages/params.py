@@ -1,4 +1,5 @@
-"""Reading params.yaml: one loader, so every stage sees the same file the same way."""
+"""Reading params.yaml: one loader, so every stage sees the same file the same way (stages/config.py
+turns its sections into typed configs)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,22 +25,3 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     return params
-
-
-def require(params: dict[str, Any], dotted: str) -> Any:
-    """Value at a dotted key ('train.lr'), with an error naming the key when absent."""
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ParamsError(f"params.yaml: missing key '{dotted}'")
-        node = node[part]
-    return node
-
-
-def choice(params: dict[str, Any], dotted: str, allowed: tuple[str, ...]) -> str:
-    value = require(params, dotted)
-    if value not in allowed:
-        raise ParamsError(
-            f"params.yaml: {dotted}={value!r} is not one of {', '.join(allowed)}"
-        )
-    return value

@@ -72,31 +72,19 @@ def split_rows(table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfi
                                  cfg.near_duplicate_bits, cfg.min_shared_words,
                                  cfg.group_by == "event")
     live["group"] = groups.group
-    fixed = live["split"].to_numpy(dtype=object)
-    held_events = live["event"].isin(cfg.test_events).to_numpy()
-    if cfg.test_events:  # held-out events replace the sources' own splits
-        fixed = np.where(held_events, "test", None)
-    test_size = 0.0 if cfg.test_events else cfg.test_size  # the test split is given
-    split, leaked = splitting.assign_splits(live["label"], live["group"], fixed, test_size,
-                                            cfg.val_size, seed, cfg.split_leaks)
-    if cfg.test_events:  # posts of other events linked to a held-out one would leak
-        leaked |= (split == "test") & ~held_events
+    held = live["event"].isin(cfg.test_events).to_numpy() if cfg.test_events else None
+    split, leaked = splitting.assign_splits(live["label"], live["group"], live["split"],
+                                            cfg.test_size, cfg.val_size, seed, cfg.split_leaks,
+                                            held)
     live["split"] = split
     _mark(table, live.loc[leaked, "id"], "split_leak")
     live = live[~leaked]
     folder = np.where(live["split"] == "test", "images_test/", "images_train/")
     live["image_path"] = folder + live["digest"] + ".jpg"
-    part = {s: live[live["split"] == s] for s in splitting.SPLIT_ORDER}
-    out = {"train_balanced": splitting.balance(part["train"], classes, cfg.balance, seed),
-           "val": part["val"].sort_values("id"),
-           "test_balanced": splitting.balance(part["test"], classes, cfg.balance, seed)}
+    out = splitting.outputs(live, classes, cfg.balance, cfg.per_class_small, seed)
     if empty := [name for name, frame in out.items() if frame.empty]:
         raise PrepareError(f"{', '.join(empty)} would be empty: {len(live)} rows in "
                            f"{live['group'].nunique()} groups are too few to split")
-    for name in ("train_balanced", "test_balanced"):
-        out[f"{name}_100"] = splitting.take_per_class(out[name], classes,
-                                                      cfg.per_class_small, seed, name)
-    out["train_balanced_100_interleaved"] = splitting.interleave(out["train_balanced_100"], classes)
     used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
     _mark(table, live.loc[~live["id"].isin(used), "id"], "downsampled")
     audit = grouping.audit(live, hashes, cfg.near_duplicate_bits, cfg.min_shared_words)

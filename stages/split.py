@@ -72,16 +72,21 @@ def _greedy(counts: np.ndarray, target: np.ndarray, order: np.ndarray) -> tuple[
 
 
 def assign_splits(labels: Sequence[str], groups: Sequence[str], fixed: Sequence[str | None],
-                  test_size: float, val_size: float, seed: int, leaks: str = "drop"
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  test_size: float, val_size: float, seed: int, leaks: str = "drop",
+                  held: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """'train' / 'val' / 'test' per row, and a mask of rows dropped as `split_leak`.
 
     Rows whose source gave a split keep it, and other rows of their group follow them. A
     group whose rows carry different given splits would leak: with leaks='drop' its rows on
     the later side (train < val < test) are dropped, so evaluation never sees a copy of a
     training post; with 'keep' they stay (and are counted). The remaining groups are split
-    by `holdout`; validation is carved from train the same way when no source gives one."""
+    by `holdout`; validation is carved from train the same way when no source gives one.
+
+    `held` (a mask of rows of held-out events) replaces the sources' splits: those rows are
+    the test split, and rows of other events in their groups are dropped as leaks."""
     labels, groups = np.asarray(labels, dtype=object), np.asarray(groups, dtype=object)
+    if held is not None:
+        fixed, test_size = np.where(held, "test", None), 0.0
     split = np.array([s if isinstance(s, str) else "" for s in fixed], dtype=object)
     rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
     first: dict[str, str] = {}
@@ -95,13 +100,29 @@ def assign_splits(labels: Sequence[str], groups: Sequence[str], fixed: Sequence[
         split[i] = first.get(groups[i], "")
     free = np.flatnonzero(split == "")
     if len(free):
-        held = holdout(labels[free], groups[free], test_size, seed)
-        split[free] = np.where(held, "test", "train")
+        to_test = holdout(labels[free], groups[free], test_size, seed)
+        split[free] = np.where(to_test, "test", "train")
     if not (split == "val").any():
         train = np.flatnonzero(split == "train")
-        held = holdout(labels[train], groups[train], val_size, seed + 1)
-        split[train[held]] = "val"
+        carved = holdout(labels[train], groups[train], val_size, seed + 1)
+        split[train[carved]] = "val"
+    if held is not None:  # posts of other events linked to a held-out one would leak
+        leaked |= (split == "test") & ~held
     return split.astype(str), leaked
+
+
+def outputs(live: pd.DataFrame, classes: Sequence[str], mode: str, per_class: int, seed: int
+            ) -> dict[str, pd.DataFrame]:
+    """The output tables by file stem: balanced train and test, val as it is, the per-class
+    `_100` subsets and the round-robin order of the small training file."""
+    part = {s: live[live["split"] == s] for s in SPLIT_ORDER}
+    out = {"train_balanced": balance(part["train"], classes, mode, seed),
+           "val": part["val"].sort_values("id"),
+           "test_balanced": balance(part["test"], classes, mode, seed)}
+    for name in ("train_balanced", "test_balanced"):
+        out[f"{name}_100"] = take_per_class(out[name], classes, per_class, seed, name)
+    out["train_balanced_100_interleaved"] = interleave(out["train_balanced_100"], classes)
+    return out
 
 
 def balance(frame: pd.DataFrame, classes: Sequence[str], mode: str, seed: int) -> pd.DataFrame:
