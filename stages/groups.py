@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -40,6 +39,8 @@ def normalise_text(text: str) -> str:
 
 def image_hash(path: Path) -> np.ndarray:
     """The 256-bit difference hash of an image file, as a boolean vector."""
+    import imagehash  # with scipy and PyWavelets: ~0.5 s to import, needed by prepare only
+
     with Image.open(path) as im:
         return np.asarray(imagehash.dhash(im, hash_size=HASH_SIZE).hash, dtype=bool).ravel()
 
