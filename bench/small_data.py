@@ -8,7 +8,9 @@ The pool: crisis4 (real images) + CrisisMMD v2.0 agreed humanitarian (default 4-
 map; its images are not distributed, so every row gets prepare's white dummy, as the design's
 cleaning does), through the pipeline's own prepare + featurize (run once in --work; pass
 --work again to reuse). All prepared rows are pooled; posts that share an image file or a
-normalised text of >= 4 words form one group, and a group is never on both sides.
+near-duplicate image or a normalised text of >= 4 words (prepare's relations, with its
+params) form one group, and a group is never on both sides; the stage's cross-validation
+folds keep the same groups.
 
 Each draw (seeded by its number): the groups are split into a training and a test side, then
 100 random training posts per class and up to 100 test posts per class are sampled (urgent_help
@@ -30,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -38,6 +39,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+import warnings  # noqa: E402
+
+# scikit-learn 1.8 announces LogisticRegressionCV default changes on every fit.
+warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -51,7 +56,8 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from bench.defaults import Ensemble, scores  # noqa: E402
 from bench.results import SHARED, run_stage, set_dotted  # noqa: E402
-from stages import csvsafe  # noqa: E402
+from stages import csvsafe, groups as grouping  # noqa: E402
+from stages.images import encode_jpeg, white_image  # noqa: E402
 from stages.loss import class_weights  # noqa: E402
 from stages.model import read_features  # noqa: E402
 from stages.training import OPTIONAL_KEYS, TRAIN_KEYS, concat, fit, refit_after_cv, take  # noqa: E402,E501
@@ -72,7 +78,8 @@ def pool_params(base: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def load_pool(work: Path) -> tuple[dict[str, torch.Tensor], list[str], np.ndarray]:
+def load_pool(work: Path, prep: dict[str, Any]
+              ) -> tuple[dict[str, torch.Tensor], list[str], np.ndarray]:
     """Every prepared row's features, the class names, and each row's group number."""
     meta = json.loads((work / "features" / "meta.json").read_text())
     parts = [read_features(work / "features" / f"{s}.safetensors", len(meta["classes"]),
@@ -85,34 +92,20 @@ def load_pool(work: Path) -> tuple[dict[str, torch.Tensor], list[str], np.ndarra
         raise SystemExit(f"{work}: features and dataset CSVs disagree on row order; re-run")
     texts = [t for f in frames for t in f["text"]]
     images = [p for f in frames for p in f["image_path"]]
-    return pool, list(meta["classes"]), groups(texts, images)
+    return pool, list(meta["classes"]), pool_groups(work, texts, images, prep)
 
 
-def groups(texts: list[str], images: list[str]) -> np.ndarray:
-    """Connected components over "same image file" (prepare stores one file per distinct
-    content) and "same normalised text of >= 4 words"; the white dummy links nothing."""
-    parent = list(range(len(texts)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    counts: dict[str, int] = {}
-    for path in images:
-        counts[path] = counts.get(path, 0) + 1
-    dummy = max(counts, key=counts.get)  # thousands of CrisisMMD rows share it
-    first: dict[tuple[str, str], int] = {}
-    for i, (text, path) in enumerate(zip(texts, images)):
-        norm = re.sub(r"[\W_]+", " ", re.sub(r"https?:\S*|@\w+", " ", text.lower())).split()
-        norm = [w for w in norm if w != "rt"] if norm[:1] == ["rt"] else norm
-        keys = [("text", " ".join(norm))] if len(norm) >= 4 else []
-        keys += [("image", path)] if path != dummy else []
-        for key in keys:
-            j = first.setdefault(key, i)
-            parent[root(i)] = root(j)
-    return np.array([root(i) for i in range(len(texts))])
+def pool_groups(work: Path, texts: list[str], images: list[str],
+                prep: dict[str, Any]) -> np.ndarray:
+    """prepare's relations (stages/groups.py: same or near-duplicate image, same normalised
+    text of >= min_shared_words words; the white dummy links nothing) over the whole pool."""
+    digests = [Path(p).stem for p in images]
+    dummy = encode_jpeg(white_image(prep["dummy_size"]))[0]
+    hashes = {d: grouping.image_hash(work / "dataset" / p)
+              for d, p in dict(zip(digests, images)).items() if d != dummy}
+    found = grouping.group_rows(digests, texts, [None] * len(texts), dummy, hashes,
+                                prep["near_duplicate_bits"], prep["min_shared_words"], False)
+    return np.asarray(found.group)
 
 
 def draw(labels: np.ndarray, group: np.ndarray, n_classes: int,
@@ -167,6 +160,8 @@ def one_draw(pool: dict[str, torch.Tensor], group: np.ndarray, classes: list[str
     train, test = take(pool, train_rows), take(pool, test_rows)
     fit_rows, val_rows = carve_val(train, group[train_rows], seed=k)
     tr, val = take(train, fit_rows), take(train, val_rows)
+    # the train+val order fit() pools them in, for its grouped folds
+    cv_groups = np.concatenate([group[train_rows][fit_rows], group[train_rows][val_rows]])
     out: dict[str, Any] = {"draw": k, "test_per_class": np.bincount(test["label"].numpy(),
                                                                     minlength=n).tolist(),
                            "val_rows": len(val_rows)}
@@ -182,14 +177,14 @@ def one_draw(pool: dict[str, torch.Tensor], group: np.ndarray, classes: list[str
             with_sims = {**pool, "text": torch.cat([pool["text"], sims], dim=1)}
             train_d = take(with_sims, train_rows)
             module, _, info = fit(take(train_d, fit_rows), take(train_d, val_rows), n,
-                                  params["modality"], cfg, weights)
+                                  params["modality"], cfg, weights, groups=lambda: cv_groups)
             out[variant] = {**scores(module, take(with_sims, test_rows), n),
                             "best_epoch": info["best_epoch"],
                             "seconds": round(time.perf_counter() - start, 1)}
             continue
         if variant == "shipped" and cfg["cv_folds"] >= 2:
             module, _, info, cv = refit_after_cv(concat(tr, val), n, params["modality"], cfg,
-                                                 weights)
+                                                 weights, groups=cv_groups)
             out["ensemble"] = scores(Ensemble(cv.modules, info["temperature"]), test, n)
         else:
             run_cfg = cfg if variant == "shipped" else {**cfg, "cv_folds": 0}
@@ -233,7 +228,7 @@ def main() -> None:
         (work / "params.yaml").write_text(yaml.safe_dump(pool_params(params), sort_keys=False))
         print(f"prepare {run_stage(work, 'prepare'):.0f}s, featurize "
               f"{run_stage(work, 'featurize'):.0f}s", flush=True)
-    pool, classes, group = load_pool(work)
+    pool, classes, group = load_pool(work, params["prepare"])
     descriptions = None
     if params.get("class_descriptions"):
         from stages.encoders import load_encoder

@@ -69,9 +69,11 @@ def test_pr_curves_and_prediction_rows() -> None:
 def _train_on_synthetic(root, monkeypatch) -> None:
     write_features(root, {"train": 20, "val": 6, "test": [9, 8, 7, 6]}, separation=0.6)
     params = {"weights": "auto", "modality": "both", "manual_weights": {},
+              "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4},
               "train": {"seed": 3, "fusion": "concat", "hidden": [16, 8], "dropout": 0.1,
                         "lr": 0.003, "weight_decay": 0.0, "label_smoothing": 0.1, "epochs": 5,
-                        "batch_size": 16, "patience": 5}}
+                        "batch_size": 16, "patience": 5, "auto_weight_power": 1.0,
+                        "cv_folds": 0, "cv_max_rows": 0}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     monkeypatch.chdir(root)
     train.main()
