@@ -7,9 +7,12 @@ Each data set's directory under --work is one `bench/results.py` (or `dvc repro`
 directory with `features/` already written (prepare + featurize ran once). For each seed the
 train stage's own `fit` (stages/training.py: the params.yaml `train:` block, with the
 overrides; `modality` per data set) trains on train, selects on val, and is scored on val and
-test (accuracy, macro-F1, expected calibration error). Prints mean +- sd over the seeds and
-appends every figure to --out, keyed by data set and tag. Choices must rest on the val
-figures; test is reported, never used to pick. Not a test: minutes of CPU.
+test (accuracy, macro-F1, expected calibration error); on the cross-validation path `test` is
+the refit and `ensemble_test` the k fold models averaged, from the same folds (and with
+--cv-on-train, folds of the train split alone, so that val scores both unseen). Prints
+mean +- sd over the seeds and appends every figure to --out, keyed by data set and tag.
+Choices must rest on the val figures; test is reported, never used to pick. Not a test:
+minutes of CPU.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from bench.results import set_dotted  # noqa: E402
 from stages.calibration import expected_calibration_error  # noqa: E402
 from stages.folds import training_groups  # noqa: E402
 from stages.loss import class_weights  # noqa: E402
-from stages.model import predict_proba, read_features  # noqa: E402
+from stages.model import EnsembleMLP, predict_proba, read_features  # noqa: E402
 from stages.training import (OPTIONAL_KEYS, TRAIN_KEYS, concat, fit,  # noqa: E402
                              refit_after_cv)
 
@@ -83,9 +86,10 @@ def run(work: Path, params: dict[str, Any], seed: int,
                                  prep["dummy_size"], prep["near_duplicate_bits"],
                                  prep["min_shared_words"])
         module, _, info, cv = refit_after_cv(data["train"], n, params["modality"],
-                                             {**cfg, "cv_folds": max(cfg["cv_folds"], 2)},
+                                             {**cfg, "cv_folds": max(cfg["cv_folds"], 2),
+                                              "cv_model": "refit"},
                                              weights, groups=groups)
-        ensemble = Ensemble(cv.modules, info["temperature"])
+        ensemble = ensemble_of(cv, info["temperature"])
         return {"seed": seed, "seconds": round(time.perf_counter() - start, 1),
                 "best_epoch": info["best_epoch"], "temperature": info["temperature"],
                 "oof_macro_f1": info["oof_macro_f1"], "val": scores(module, data["val"], n),
@@ -99,8 +103,9 @@ def run(work: Path, params: dict[str, Any], seed: int,
         groups = training_groups(work / "dataset", ids, prep["dummy_size"],
                                  prep["near_duplicate_bits"], prep["min_shared_words"])
         module, _, info, cv = refit_after_cv(concat(data["train"], data["val"]), n,
-                                             params["modality"], cfg, weights, groups=groups)
-        ensemble = Ensemble(cv.modules, info["temperature"])
+                                             params["modality"], {**cfg, "cv_model": "refit"},
+                                             weights, groups=groups)
+        ensemble = ensemble_of(cv, info["temperature"])
         # No held-out validation rows are left: "val" is the out-of-fold estimate.
         oof = {"macro_f1": info["oof_macro_f1"]}
         return {"seed": seed, "seconds": round(time.perf_counter() - start, 1),
@@ -114,18 +119,10 @@ def run(work: Path, params: dict[str, Any], seed: int,
             **({"zero_shot": zero_shot} if zero_shot else {})}
 
 
-class Ensemble(torch.nn.Module):
-    """Fold models averaged (mean logits): enough of FusionMLP's interface for scoring."""
-
-    def __init__(self, members: list[Any], temperature: float) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-        self.inputs, self.config = members[0].inputs, members[0].config
-        self.register_buffer("temperature", torch.tensor(temperature))
-
-    def forward(self, text: torch.Tensor | None = None,
-                image: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.stack([m(text, image) for m in self.members]).mean(dim=0)
+def ensemble_of(cv: Any, temperature: float) -> EnsembleMLP:
+    ensemble = EnsembleMLP.of(cv.modules)
+    ensemble.temperature.fill_(temperature)
+    return ensemble
 
 
 def summary(runs: list[dict[str, Any]], split: str, key: str) -> str:

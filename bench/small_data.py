@@ -19,7 +19,9 @@ On each draw:
 - `shipped`: the train stage's `fit` with params.yaml's train block (+ -S overrides); the 400
   posts are train + val as prepare would cut them (10% of groups, stratified, for validation);
 - `single`: the same with `cv_folds: 0` (one validation split: early stopping on ~40 posts);
-- `ensemble`: with cross-validation on, the k fold models averaged instead of the refit;
+- `refit`, `ensemble`: with cross-validation on, the two ends of the same folds (one model
+  refitted on the 400, or the k fold models averaged); `shipped` is the one params.yaml's
+  `train.cv_model` names;
 - `probe`: logistic regression on the standardised features, C by 5-fold CV on the 400;
 - `described` (when asked): `shipped`, with the post's cosine similarity to each class
   description appended to its text features;
@@ -54,7 +56,7 @@ from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from bench.defaults import Ensemble, scores  # noqa: E402
+from bench.defaults import ensemble_of, scores  # noqa: E402
 from bench.results import SHARED, run_stage, set_dotted  # noqa: E402
 from stages import csvsafe, groups as grouping  # noqa: E402
 from stages.images import encode_jpeg, white_image  # noqa: E402
@@ -183,9 +185,14 @@ def one_draw(pool: dict[str, torch.Tensor], group: np.ndarray, classes: list[str
                             "seconds": round(time.perf_counter() - start, 1)}
             continue
         if variant == "shipped" and cfg["cv_folds"] >= 2:
-            module, _, info, cv = refit_after_cv(concat(tr, val), n, params["modality"], cfg,
-                                                 weights, groups=cv_groups)
-            out["ensemble"] = scores(Ensemble(cv.modules, info["temperature"]), test, n)
+            # Both ends of cross-validation, from the same folds: the refit and the ensemble.
+            module, _, info, cv = refit_after_cv(concat(tr, val), n, params["modality"],
+                                                 {**cfg, "cv_model": "refit"}, weights,
+                                                 groups=cv_groups)
+            out["refit"] = scores(module, test, n)
+            out["ensemble"] = scores(ensemble_of(cv, info["temperature"]), test, n)
+            module = ensemble_of(cv, info["temperature"]) if cfg["cv_model"] == "ensemble" \
+                else module
         else:
             run_cfg = cfg if variant == "shipped" else {**cfg, "cv_folds": 0}
             module, _, info = fit(tr, val, n, params["modality"], run_cfg, weights)

@@ -250,6 +250,7 @@ class TrainConfig:
     auto_weight_power: float = bounded(0, 1)  # weights=auto: inverse frequency ** this
     cv_folds: int = bounded(0)                # >= 2: k-fold CV on train+val picks the epochs
     cv_max_rows: int = bounded(0)             # ...when train+val has at most this many rows
+    cv_model: Literal["refit", "ensemble"] = field()  # after CV: one refit, or the k fold models
 
     def __post_init__(self) -> None:
         if self.cv_folds == 1:

@@ -98,6 +98,40 @@ class FusionMLP(nn.Module):
         return self.head(torch.cat(xs, dim=1))
 
 
+class EnsembleMLP(nn.Module):
+    """The k fold models of cross-validation kept together: logits = the mean of theirs.
+
+    Offers what callers use of a FusionMLP: `inputs`, `fusion`, `config` (the members' plus
+    `members`: k), a `temperature` buffer and, per used modality, `<name>_mean`/`_std`
+    buffers (the members' average: attribution's "training mean" of a feature).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        member = {k: v for k, v in config.items() if k != "members"}
+        self.members = nn.ModuleList(build_model(member) for _ in range(int(config["members"])))
+        self.inputs, self.fusion = self.members[0].inputs, self.members[0].fusion
+        self.config = {**self.members[0].config, "members": int(config["members"])}
+        for name in self.inputs:
+            self.register_buffer(f"{name}_mean", torch.zeros(member["dims"][name]))
+            self.register_buffer(f"{name}_std", torch.ones(member["dims"][name]))
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    @classmethod
+    def of(cls, members: list[FusionMLP]) -> "EnsembleMLP":
+        ensemble = cls({**members[0].config, "members": len(members)})
+        ensemble.members.load_state_dict(nn.ModuleList(members).state_dict())
+        for name in ensemble.inputs:
+            for stat in ("mean", "std"):
+                getattr(ensemble, f"{name}_{stat}").copy_(torch.stack(
+                    [getattr(m, f"{name}_{stat}") for m in members]).mean(dim=0))
+        return ensemble.eval()
+
+    def forward(self, text: torch.Tensor | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack([m(text, image) for m in self.members]).mean(dim=0)
+
+
 FEATURE_KEYS = {"text": torch.float32, "image": torch.float32,
                 "label": torch.int64, "id": torch.int64}
 
@@ -158,12 +192,14 @@ def feature_mismatch(model_meta: dict[str, Any], features_meta: dict[str, Any]) 
             if model_meta.get(key) != features_meta.get(key)]
 
 
-def build_model(config: dict[str, Any]) -> FusionMLP:
+def build_model(config: dict[str, Any]) -> FusionMLP | EnsembleMLP:
+    if config.get("members"):
+        return EnsembleMLP(config)
     return FusionMLP(config["dims"], config["n_classes"], config["modality"], config["fusion"],
                      config["hidden"], config["dropout"])
 
 
-def save_model(directory: Path, module: FusionMLP, meta: dict[str, Any]) -> None:
+def save_model(directory: Path, module: nn.Module, meta: dict[str, Any]) -> None:
     """Write `mlp.safetensors` (parameters + standardisation buffers) and `model.json`.
 
     `model.json` = `meta` (classes, encoder, class weights, ...) plus `architecture`

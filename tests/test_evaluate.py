@@ -73,7 +73,7 @@ def _train_on_synthetic(root, monkeypatch) -> None:
               "train": {"seed": 3, "fusion": "concat", "hidden": [16, 8], "dropout": 0.1,
                         "lr": 0.003, "weight_decay": 0.0, "label_smoothing": 0.1, "epochs": 5,
                         "batch_size": 16, "patience": 5, "auto_weight_power": 1.0,
-                        "cv_folds": 0, "cv_max_rows": 0}}
+                        "cv_folds": 0, "cv_max_rows": 0, "cv_model": "refit"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     monkeypatch.chdir(root)
     train.main()

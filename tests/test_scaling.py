@@ -29,7 +29,8 @@ LAUNCH_2CPU = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processe
 # must leave the loop at the same epoch, or the others hang in the next all-reduce.
 TRAIN = {"seed": 3, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.03,
          "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 30, "batch_size": 16,
-         "patience": 2, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0}
+         "patience": 2, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0,
+         "cv_model": "refit"}
 
 
 def _project(root: Path) -> Path:

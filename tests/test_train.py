@@ -11,14 +11,15 @@ import yaml
 from safetensors.torch import load_file
 
 from stages import loss, train
-from stages.model import load_model, predict_proba
+from stages.model import load_model, predict_proba, save_model
 from stages.params import ParamsError
 from stages.images import encode_jpeg, white_image
 from synthetic_features import CLASSES, INPUT, make_split, write_features
 
 CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.003,
        "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 40, "batch_size": 16,
-       "patience": 40, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0}
+       "patience": 40, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0,
+       "cv_model": "refit"}
 
 
 def test_auto_weights_are_inverse_frequency() -> None:
@@ -270,13 +271,38 @@ def test_main_saves_the_temperature_and_the_selection(tmp_path, monkeypatch) -> 
                       "image_path": dummy, "label": "x"}).to_csv(tmp_path / "dataset" / name,
                                                                   index=False)
     _params(tmp_path, train={**CFG, "epochs": 6, "cv_folds": 2, "cv_max_rows": 1000,
-                             "auto_weight_power": 0.5},
+                             "auto_weight_power": 0.5, "cv_model": "ensemble"},
             prepare={"near_duplicate_bits": 30, "min_shared_words": 4})
     monkeypatch.chdir(tmp_path)
     train.main()
     module, meta = load_model(tmp_path / "models")
-    assert meta["selection"] == "2-fold cross-validation on train+val (56 rows, grouped folds)"
-    assert meta["standardisation"]["rows"] == 56
+    assert meta["selection"] == ("2-fold cross-validation on train+val (56 rows, grouped "
+                                 "folds), the fold models kept as an ensemble")
+    assert meta["standardisation"]["rows"] == 56 and meta["architecture"]["members"] == 2
     assert float(module.temperature) == pytest.approx(meta["temperature"])
     summary = json.loads((tmp_path / "reports" / "train" / "metrics.json").read_text())
     assert summary["temperature"] == pytest.approx(meta["temperature"])
+
+
+def test_ensemble_keeps_the_fold_models_and_round_trips(tmp_path) -> None:
+    tr, val = make_split(12, seed=1, separation=0.8), make_split(3, seed=2, separation=0.8)
+    cfg = {**CFG, "epochs": 8, "patience": 3, "cv_folds": 3, "cv_max_rows": 100,
+           "cv_model": "ensemble"}
+    module, _, info = train.fit(tr, val, 4, "both", cfg, np.ones(4))
+    assert info["selection"].endswith("the fold models kept as an ensemble")
+    assert len(module.members) == 3 and module.config["members"] == 3
+    test = make_split(5, seed=4, separation=0.8)
+    proba = predict_proba(module, test["text"], test["image"])
+    # Its logits are the mean of the members' (over the shared temperature).
+    with torch.no_grad():
+        mean = torch.stack([m(test["text"], test["image"]) for m in module.members]).mean(0)
+    np.testing.assert_allclose(proba, torch.softmax(mean.double() / float(module.temperature),
+                                                    1), atol=1e-6)
+    assert not np.allclose(proba, predict_proba(module.members[0], test["text"], test["image"]))
+    save_model(tmp_path, module, {"classes": CLASSES})
+    loaded, meta = load_model(tmp_path)
+    assert meta["architecture"]["members"] == 3
+    np.testing.assert_allclose(predict_proba(loaded, test["text"], test["image"]), proba,
+                               atol=1e-7)
+    assert torch.allclose(loaded.text_mean, torch.stack([m.text_mean for m in module.members])
+                          .mean(0))
