@@ -122,3 +122,21 @@ def render(cards: list[tuple[bool, str]], report: dict[str, Any]) -> str:
         f"<h2>Wrong predictions</h2>{wrong or '<p>none among the posts shown</p>'}"
         "</body></html>\n")
 
+
+def describe(found: dict[str, Any], top: int = 5) -> str:
+    """The explanation for a reader: the words that pushed most towards the predicted class,
+    the image region that did, and how much each modality contributed."""
+    words = sorted(found["words"], key=lambda w: -w["score"])[:top]
+    lines = [f"why {found['predicted']}: text {found['share']['text']:.0%}, "
+             f"image {found['share']['image']:.0%} of the prediction",
+             "  words: " + ", ".join(f"{w['word']} ({w['score']:+.3f})" for w in words)]
+    if found["no_image"]:
+        lines.append("  image: none (prepare's white dummy)")
+    elif found["image"]:
+        grid = found["image"]["grid"]
+        row, col = max(((r, c) for r in range(len(grid)) for c in range(len(grid[r]))),
+                       key=lambda rc: grid[rc[0]][rc[1]])
+        lines.append(f"  image: strongest region row {row + 1}, column {col + 1} of "
+                     f"{len(grid)}x{len(grid)} ({grid[row][col]:+.3f})")
+    return "\n".join(lines)
+

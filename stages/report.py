@@ -2,11 +2,14 @@
 the matplotlib figures (confusion matrices, per-class F1) and the terminal summary table."""
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import classification_report
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from stages import bootstrap
 from stages.files import atomic_path
@@ -89,3 +92,19 @@ def summary_table(results: dict[str, dict], classes: list[str]) -> str:
                f"{m['weighted_f1']:>8.4f}{auc:>8.4f}{m['log_loss']:>9.4f}")
         rows.append(row + "".join(f"{m['per_class'][c]['f1']:>15.4f}" for c in classes))
     return "\n".join(rows)
+
+
+def report_csv(result: pd.DataFrame, classes: list[str], out: Path) -> None:
+    counts, dummies = Counter(result["predicted"]), Counter(result["image_status"])
+    dummy = len(result) - dummies.pop("ok", 0)
+    note = f"; {dummy} with no usable image got prepare's white dummy: {dict(dummies)}"
+    print(f"predict: {len(result)} posts -> {out}; predicted {dict(counts)}{note if dummy else ''}")
+    known = result[result["label"].isin(classes)] if "label" in result else result[:0]
+    if "label" in result and len(known) < len(result):
+        logging.getLogger("predict").warning("%d rows have a label not in %s: not scored", len(result) - len(known), classes)
+    if len(known):
+        f1 = f1_score(known["label"], known["predicted"], labels=classes, average="macro",
+                      zero_division=0)
+        print(f"predict: against the label column ({len(known)} rows): accuracy "
+              f"{accuracy_score(known['label'], known['predicted']):.4f}, macro-F1 {f1:.4f}")
+

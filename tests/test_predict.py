@@ -103,6 +103,32 @@ def test_single_post_prints_the_class_and_one_probability_per_class(pipeline, ca
     assert status == "ok"
 
 
+def test_explain_says_which_words_and_region_drove_the_prediction(pipeline, capsys,
+                                                                 tmp_path) -> None:
+    image = next(IMAGES.rglob("*.jpg"))
+    text = "Family trapped on a roof, send a boat #flood http://t.co/x"
+    run(pipeline, "--text", text, "--image", str(image), "--explain")
+    out = capsys.readouterr().out
+    label = re.search(r"^predicted: (\w+)$", out, re.MULTILINE)[1]
+    why = re.search(r"^why (\w+): text (\d+)%, image (\d+)% of the prediction$", out, re.MULTILINE)
+    assert why and why[1] == label and int(why[2]) + int(why[3]) in (99, 100, 101)
+    words = re.search(r"^  words: (.*)$", out, re.MULTILINE)[1]
+    assert {w.split(" (")[0] for w in words.split(", ")} <= set(text.split())  # cleaned words
+    region = re.search(r"^  image: strongest region row (\d), column (\d) of (\d)x\3", out,
+                       re.MULTILINE)  # the feature map's grid (4x4 for this 128-px fixture)
+    assert region and 1 <= int(region[1]) <= int(region[3]) and 1 <= int(region[2]) <= int(region[3])
+    # CSV: the explanation's class is the prediction's, post by post; no picture says so.
+    posts = tmp_path / "posts.csv"
+    pd.DataFrame({"text": [text, "Shelter open at the school"],
+                  "image_path": [image.name, ""]}).to_csv(posts, index=False)
+    run(pipeline, "--csv", str(posts), "--out", str(tmp_path / "out.csv"),
+        "--image-root", str(image.parent), "--explain")
+    result = pd.read_csv(tmp_path / "out.csv")
+    found = [json.loads(e) for e in result["explanation"]]
+    assert [f["predicted"] for f in found] == result["predicted"].tolist()
+    assert [f["no_image"] for f in found] == [False, True]
+
+
 def test_a_post_without_a_usable_image_gets_prepares_white_dummy_and_says_so(
         pipeline, capsys, tmp_path) -> None:
     _, no_image, status = single(pipeline, capsys, "--text", "Shelter open at the school")
