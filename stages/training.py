@@ -1,6 +1,8 @@
 """How the classifier is fitted: the training loop (accelerate, early stopping on validation
-macro-F1) and the temperature that calibrates its probabilities. The train stage calls `fit`;
-benchmarks call it too, so they measure exactly what the stage ships.
+macro-F1); for small and mid-size data, k-fold cross-validation over train+val with prepare's
+groups kept in one fold, ending in the fold models' ensemble or one refit; and the temperature
+that calibrates the probabilities. The train stage calls `fit`; benchmarks call it too, so
+they measure exactly what the stage ships.
 """
 from __future__ import annotations
 
