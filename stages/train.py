@@ -3,6 +3,7 @@
 Reads `weights`, `manual_weights`, `modality`, `train.*` and `features/`; writes
 `models/mlp.safetensors`, `models/model.json` and the per-epoch dvclive log in `reports/train/`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,12 @@ from stages.folds import training_groups
 from stages.loss import class_weights
 from stages.model import read_features, read_input_settings, save_model
 from stages.ranks import process_group
-from stages.training import (CPU_ONLY, TRAIN_KEYS, fit,  # noqa: F401
-                             train_model)  # train_model, class_weights: re-exported for bench/
+from stages.training import (  # noqa: F401
+    CPU_ONLY,
+    TRAIN_KEYS,
+    fit,
+    train_model,  # train_model, class_weights: re-exported for bench/
+)
 
 log = logging.getLogger("train")
 FEATURES, MODELS, LIVE_DIR = Path("features"), Path("models"), Path("reports/train")
@@ -33,21 +38,35 @@ def main() -> None:
     mode, modality = stage.weights, stage.modality
     meta = json.loads((FEATURES / "meta.json").read_text(encoding="utf-8"))
     classes = list(meta["classes"])
-    train, val = (read_features(FEATURES / f"{s}.safetensors", len(classes), meta["dims"])
-                  for s in ("train", "val"))
+    train, val = (
+        read_features(FEATURES / f"{s}.safetensors", len(classes), meta["dims"])
+        for s in ("train", "val")
+    )
     # model.json records what shaped the inputs (prepare's classes and input settings), so
     # predict and evaluate follow the model rather than today's params.yaml.
     prepared = json.loads((DATASET / "classes.json").read_text(encoding="utf-8"))
     if prepared != classes:
-        raise ValueError(f"features/meta.json has classes {classes} but dataset/classes.json "
-                         f"{prepared}: the features are stale; re-run featurize")
+        raise ValueError(
+            f"features/meta.json has classes {classes} but dataset/classes.json "
+            f"{prepared}: the features are stale; re-run featurize"
+        )
     meta = {**meta, "input": read_input_settings(DATASET / "input.json")}
-    weights = class_weights(mode, train["label"].numpy(), classes,
-                            stage.manual_weights if mode == "manual" else None,
-                            stage.train.auto_weight_power)
+    weights = class_weights(
+        mode,
+        train["label"].numpy(),
+        classes,
+        stage.manual_weights if mode == "manual" else None,
+        stage.train.auto_weight_power,
+    )
     weight_map = {c: round(float(w), 6) for c, w in zip(classes, weights)}
-    log.info("%d train / %d val rows, modality=%s, class weights (%s): %s",
-             len(train["label"]), len(val["label"]), modality, mode, weight_map)
+    log.info(
+        "%d train / %d val rows, modality=%s, class weights (%s): %s",
+        len(train["label"]),
+        len(val["label"]),
+        modality,
+        mode,
+        weight_map,
+    )
 
     from dvclive import Live  # heavy: only for the stage run
 
@@ -56,13 +75,26 @@ def main() -> None:
         _run(stage, train, val, classes, meta, weights, weight_map, writer, Live)
 
 
-def _run(stage: config.TrainStage, train: Any, val: Any, classes: list[str], meta: dict,
-         weights: Any, weight_map: dict[str, float], writer: bool, Live: Any) -> None:
+def _run(
+    stage: config.TrainStage,
+    train: Any,
+    val: Any,
+    classes: list[str],
+    meta: dict,
+    weights: Any,
+    weight_map: dict[str, float],
+    writer: bool,
+    Live: Any,
+) -> None:
     # The training core (also driven by bench/) takes the validated settings as a mapping.
     mode, modality, cfg = stage.weights, stage.modality, dataclasses.asdict(stage.train)
     # dvcyaml=None: our dvc.yaml declares the plots; `dvc exp run` records the experiment.
-    with (Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False) if writer
-          else contextlib.nullcontext()) as live:
+    with (
+        Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False)
+        if writer
+        else contextlib.nullcontext()
+    ) as live:
+
         def on_epoch(row: dict[str, float]) -> None:
             live.step = int(row["epoch"])  # plots' x axis = epoch number, as in model.json
             live.log_metric("train/loss", row["train_loss"])
@@ -72,38 +104,78 @@ def _run(stage: config.TrainStage, train: Any, val: Any, classes: list[str], met
 
         def groups() -> Any:  # only for cross-validation: prepare's relations over train+val
             ids = np.concatenate([train["id"].numpy(), val["id"].numpy()])
-            return training_groups(DATASET, ids, meta["input"]["dummy_size"],
-                                   stage.prepare.near_duplicate_bits,
-                                   stage.prepare.min_shared_words)
+            return training_groups(
+                DATASET,
+                ids,
+                meta["input"]["dummy_size"],
+                stage.prepare.near_duplicate_bits,
+                stage.prepare.min_shared_words,
+            )
 
-        module, history, info = fit(train, val, len(classes), modality, cfg, weights,
-                                    on_epoch if writer else None, groups)
+        module, history, info = fit(
+            train, val, len(classes), modality, cfg, weights, on_epoch if writer else None, groups
+        )
         if writer:  # the summary (a DVC metric) describes the kept epoch, not the last one
             best = history[info["best_epoch"] - 1]
-            live.summary = {"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
-                            "temperature": info["temperature"], "train": {"loss": best["train_loss"]},
-                            "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")}}
+            live.summary = {
+                "best_epoch": info["best_epoch"],
+                "epochs_run": info["epochs_run"],
+                "temperature": info["temperature"],
+                "train": {"loss": best["train_loss"]},
+                "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")},
+            }
     if writer:
         _save(module, meta, classes, modality, mode, weight_map, cfg, info["fit_rows"], info)
 
 
-def _save(module: Any, meta: dict[str, Any], classes: list[str], modality: str, mode: str,
-          weight_map: dict[str, float], cfg: dict[str, Any], rows: int,
-          info: dict[str, Any]) -> None:
-    save_model(MODELS, module, {
-        "classes": classes, "input": meta["input"], "encoder": meta.get("encoder"),
-        "encoder_model": meta.get("model"), "fingerprint": meta.get("fingerprint"),
-        "modality": modality, "fusion": module.fusion,
-        "dims": module.config["dims"], "hidden": module.config["hidden"],
-        "dropout": module.config["dropout"], "weights": mode, "class_weights": weight_map,
-        "standardisation": {"source": "train split" if info["selection"] == "validation split"
-                            else "train+val", "rows": rows,
-                            "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")]},
-        "seed": int(cfg["seed"]), "label_smoothing": float(cfg["label_smoothing"]), **info})
-    log.info("best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f; temperature %.3f (val log "
-             "loss %.4f -> %.4f)", info["best_epoch"], info["epochs_run"],
-             info["best_val_macro_f1"], info["best_val_accuracy"], info["temperature"],
-             info["val_nll_uncalibrated"], info["val_nll_calibrated"])
+def _save(
+    module: Any,
+    meta: dict[str, Any],
+    classes: list[str],
+    modality: str,
+    mode: str,
+    weight_map: dict[str, float],
+    cfg: dict[str, Any],
+    rows: int,
+    info: dict[str, Any],
+) -> None:
+    save_model(
+        MODELS,
+        module,
+        {
+            "classes": classes,
+            "input": meta["input"],
+            "encoder": meta.get("encoder"),
+            "encoder_model": meta.get("model"),
+            "fingerprint": meta.get("fingerprint"),
+            "modality": modality,
+            "fusion": module.fusion,
+            "dims": module.config["dims"],
+            "hidden": module.config["hidden"],
+            "dropout": module.config["dropout"],
+            "weights": mode,
+            "class_weights": weight_map,
+            "standardisation": {
+                "source": "train split" if info["selection"] == "validation split" else "train+val",
+                "rows": rows,
+                "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")],
+            },
+            "seed": int(cfg["seed"]),
+            "label_smoothing": float(cfg["label_smoothing"]),
+            **info,
+        },
+    )
+    log.info(
+        "best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f; temperature %.3f (val log "
+        "loss %.4f -> %.4f)",
+        info["best_epoch"],
+        info["epochs_run"],
+        info["best_val_macro_f1"],
+        info["best_val_accuracy"],
+        info["temperature"],
+        info["val_nll_uncalibrated"],
+        info["val_nll_calibrated"],
+    )
 
 
 if __name__ == "__main__":
