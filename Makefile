@@ -22,6 +22,9 @@ setup: $(VENV)/.installed
 repro: setup
 	dvc repro
 
-# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+# Lint and format first (seconds), then the tests. pytest exits 5 when it collects no test:
+# that is a failure here, not a pass.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc

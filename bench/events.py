@@ -12,6 +12,7 @@ prepare and featurize once, then train + evaluate for each seed. Prints one line
 markdown table (mean +- sd over seeds, test posts, 95% bootstrap interval of the first seed)
 and writes every figure to --out. Not a test: tens of minutes of CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,24 @@ EVENTS = {
     # crisis4: the three events with the most posts of the non-misinformation classes
     # (urgent_help only occurs in Hurricane Sandy, Nepal and Garissa).
     "crisis4": ["Hurricane Sandy", "Nepal_earthquake", "BostonMarathon"],
-    "crisismmd5": ["hurricane_maria", "hurricane_harvey", "hurricane_irma", "srilanka_floods",
-                   "mexico_earthquake", "california_wildfires", "iraq_iran_earthquake"],
+    "crisismmd5": [
+        "hurricane_maria",
+        "hurricane_harvey",
+        "hurricane_irma",
+        "srilanka_floods",
+        "mexico_earthquake",
+        "california_wildfires",
+        "iraq_iran_earthquake",
+    ],
 }
 MODALITY = {"crisis4": "both", "crisismmd5": "text"}  # CrisisMMD's images are absent
 
 
 def snapshot(work: Path) -> None:
     """The committed stages/ package, extracted into `work`."""
-    archive = subprocess.run(["git", "archive", "HEAD", "stages"], cwd=REPO, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "stages"], cwd=REPO, check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(work, filter="data")
 
@@ -52,8 +61,9 @@ def snapshot(work: Path) -> None:
 def run_stage(work: Path, stage: str) -> float:
     start = time.perf_counter()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(work)}
-    done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env, capture_output=True, text=True
+    )
     if done.returncode:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
         raise RuntimeError(f"{work.name}: stage {stage} failed (exit {done.returncode})")
@@ -75,31 +85,51 @@ def run_fold(name: str, fold: str, work: Path, code: Path, seeds: int) -> dict[s
     params["train"]["seed"] = 42
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     out["prepare_s"] = round(run_stage(work, "prepare"), 1)
-    out["prepare"] = {k: v for k, v in json.loads(
-        (work / "reports" / "prepare.json").read_text()).items() if k in ("rows", "drops", "groups")}
+    out["prepare"] = {
+        k: v
+        for k, v in json.loads((work / "reports" / "prepare.json").read_text()).items()
+        if k in ("rows", "drops", "groups")
+    }
     out["featurize_s"] = round(run_stage(work, "featurize"), 1)
     out["rows"] = json.loads((work / "features" / "meta.json").read_text())["rows"]
     for seed in range(42, 42 + seeds):
         params["train"]["seed"] = seed
-        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False),
-                                          encoding="utf-8")
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         seconds = run_stage(work, "train") + run_stage(work, "evaluate")
         test = json.loads((work / "reports" / "metrics.json").read_text())["test"]
-        run = {"seed": seed, "seconds": round(seconds, 1), "rows": test["rows"],
-               **{k: test.get(k) for k in ("accuracy", "macro_f1", "accuracy_ci95_lo",
-                                           "accuracy_ci95_hi", "macro_f1_ci95_lo",
-                                           "macro_f1_ci95_hi")},
-               "per_class_f1": {c: v["f1"] for c, v in test["per_class"].items()}}
+        run = {
+            "seed": seed,
+            "seconds": round(seconds, 1),
+            "rows": test["rows"],
+            **{
+                k: test.get(k)
+                for k in (
+                    "accuracy",
+                    "macro_f1",
+                    "accuracy_ci95_lo",
+                    "accuracy_ci95_hi",
+                    "macro_f1_ci95_lo",
+                    "macro_f1_ci95_hi",
+                )
+            },
+            "per_class_f1": {c: v["f1"] for c, v in test["per_class"].items()},
+        }
         out["runs"].append(run)
-        print(f"{name} [{fold}] seed {seed}: {test['rows']} test posts, acc "
-              f"{run['accuracy']:.4f} macro-F1 {run['macro_f1']:.4f} ({seconds:.0f}s, load "
-              f"{os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"{name} [{fold}] seed {seed}: {test['rows']} test posts, acc "
+            f"{run['accuracy']:.4f} macro-F1 {run['macro_f1']:.4f} ({seconds:.0f}s, load "
+            f"{os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| data set | test split | train / val / test posts | accuracy (mean ± sd) | "
-             "macro-F1 (mean ± sd) | macro-F1 95% CI (seed 42) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| data set | test split | train / val / test posts | accuracy (mean ± sd) | "
+        "macro-F1 (mean ± sd) | macro-F1 95% CI (seed 42) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, folds in results.items():
         for fold in folds:
             if not fold.get("runs"):
@@ -112,7 +142,8 @@ def table(results: dict[str, Any]) -> str:
                 f"| {name} | {where} | {rows['train']} / {rows['val']} / {rows['test']} | "
                 f"{acc.mean():.3f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.3f} | "
                 f"{f1.mean():.3f} ± {f1.std(ddof=1) if len(f1) > 1 else 0:.3f} | "
-                f"{first['macro_f1_ci95_lo']:.3f}–{first['macro_f1_ci95_hi']:.3f} |")
+                f"{first['macro_f1_ci95_lo']:.3f}–{first['macro_f1_ci95_hi']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -128,8 +159,9 @@ def main() -> None:
         raise SystemExit(f"{SHARED} is absent: these results need ../shared/data")
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     # One snapshot for the whole run, so every fold runs the same code.
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     code = args.work / f"code-{commit[:10]}"
     if not (code / "stages").is_dir():
         code.mkdir(parents=True, exist_ok=True)

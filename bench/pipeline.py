@@ -10,6 +10,7 @@ this interpreter's bin directory first on PATH (its dvc and python). Prints each
 median / min / max over the repeats, with the ratios to the full run.
 Not a test: the machine's load changes the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = {"full": ["dvc", "repro"],
-         "experiment": ["dvc", "exp", "run", "-S", "weights=manual"],
-         "noop": ["dvc", "repro"]}
+STEPS = {
+    "full": ["dvc", "repro"],
+    "experiment": ["dvc", "exp", "run", "-S", "weights=manual"],
+    "noop": ["dvc", "repro"],
+}
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -48,8 +51,11 @@ def one_round(env: dict[str, str]) -> dict[str, float]:
         times = {}
         for name, command in STEPS.items():
             times[name] = timed(command, clone, env)
-            print(f"  {name:10} {' '.join(command):32} {times[name]:7.1f} s  "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            print(
+                f"  {name:10} {' '.join(command):32} {times[name]:7.1f} s  "
+                f"load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
         return times
 
 
@@ -57,15 +63,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
-    parser.add_argument("--threads", type=int,
-                        help="OMP_NUM_THREADS for every stage (default: torch's own choice)")
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS for every stage (default: torch's own choice)"
+    )
     args = parser.parse_args()
-    env = os.environ | {"HF_HUB_OFFLINE": "1",
-                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     print(f"clones of {REPO} at {head}; load before {os.getloadavg()}", flush=True)
     rounds = []
     for i in range(args.repeats):
@@ -74,17 +88,32 @@ def main() -> None:
     summary = {}
     for name in STEPS:
         values = [r[name] for r in rounds]
-        summary[name] = {"median_s": statistics.median(values), "min_s": min(values),
-                         "max_s": max(values), "runs": values}
+        summary[name] = {
+            "median_s": statistics.median(values),
+            "min_s": min(values),
+            "max_s": max(values),
+            "runs": values,
+        }
     full = summary["full"]["median_s"]
     for name, figures in summary.items():
-        print(f"{name:10} median {figures['median_s']:6.1f} s (min {figures['min_s']:.1f}, "
-              f"max {figures['max_s']:.1f}); {figures['median_s'] / full:.3f} of the full run")
+        print(
+            f"{name:10} median {figures['median_s']:6.1f} s (min {figures['min_s']:.1f}, "
+            f"max {figures['max_s']:.1f}); {figures['median_s'] / full:.3f} of the full run"
+        )
     print(f"load after {os.getloadavg()}")
     if args.out:
-        args.out.write_text(json.dumps({"commit": head, "steps": {k: " ".join(v) for k, v in
-                                        STEPS.items()}, "summary": summary,
-                                        "load_after": os.getloadavg()}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "commit": head,
+                    "steps": {k: " ".join(v) for k, v in STEPS.items()},
+                    "summary": summary,
+                    "load_after": os.getloadavg(),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from bench.defaults import ensemble_of, scores  # noqa: E402
 from bench.results import SHARED, run_stage, set_dotted  # noqa: E402
 from stages import csvsafe  # noqa: E402
-from stages import groups as grouping
+from stages import groups as grouping  # noqa: E402
 from stages.images import encode_jpeg, white_image  # noqa: E402
 from stages.loss import class_weights  # noqa: E402
 from stages.model import read_features  # noqa: E402

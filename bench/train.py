@@ -10,6 +10,7 @@ the stage. An epoch's time is the median gap between consecutive epoch ends with
 (setup excluded); prints median / min / max of it over the repeats, for each row count.
 Not a test: the machine's load changes the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,9 @@ N_CLASSES = 4
 
 def features(rows: int, seed: int) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
-    return {k: torch.from_numpy(rng.normal(size=(rows, d)).astype(np.float32))
-            for k, d in DIMS.items()} | {
-        "label": torch.from_numpy(rng.integers(0, N_CLASSES, rows)),
-        "id": torch.arange(rows)}
+    return {
+        k: torch.from_numpy(rng.normal(size=(rows, d)).astype(np.float32)) for k, d in DIMS.items()
+    } | {"label": torch.from_numpy(rng.integers(0, N_CLASSES, rows)), "id": torch.arange(rows)}
 
 
 def main() -> None:
@@ -51,8 +51,10 @@ def main() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     cfg = {k: params["train"][k] for k in TRAIN_KEYS}
     cfg |= {"epochs": args.epochs, "patience": args.epochs}
-    print(f"torch threads {torch.get_num_threads()}, train settings {json.dumps(cfg)}, "
-          f"load {os.getloadavg()}")
+    print(
+        f"torch threads {torch.get_num_threads()}, train settings {json.dumps(cfg)}, "
+        f"load {os.getloadavg()}"
+    )
     val = features(1000, seed=1)
     results = []
     for rows in args.rows:
@@ -63,17 +65,31 @@ def main() -> None:
             # Time between the ends of consecutive epochs (an epoch + its validation pass):
             # the one-off setup (accelerate, first allocation) is left out.
             ends: list[float] = []
-            train_model(train, val, N_CLASSES, args.modality, cfg, weights,
-                        lambda _row: ends.append(time.perf_counter()))
+            train_model(
+                train,
+                val,
+                N_CLASSES,
+                args.modality,
+                cfg,
+                weights,
+                lambda _row, ends=ends: ends.append(time.perf_counter()),
+            )
             per_epoch.append(statistics.median(np.diff(ends)))
-        row = {"rows": rows, "median_s": statistics.median(per_epoch), "min_s": min(per_epoch),
-               "max_s": max(per_epoch), "repeats": args.repeats,
-               "load": round(os.getloadavg()[0], 2)}
+        row = {
+            "rows": rows,
+            "median_s": statistics.median(per_epoch),
+            "min_s": min(per_epoch),
+            "max_s": max(per_epoch),
+            "repeats": args.repeats,
+            "load": round(os.getloadavg()[0], 2),
+        }
         results.append(row)
-        print(f"{rows:>6} rows x {sum(DIMS.values())} features: {row['median_s']:.3f} s/epoch "
-              f"(min {row['min_s']:.3f}, max {row['max_s']:.3f}, {args.repeats} runs of "
-              f"{args.epochs} epochs), {rows / row['median_s']:.0f} rows/s, load {row['load']}",
-              flush=True)
+        print(
+            f"{rows:>6} rows x {sum(DIMS.values())} features: {row['median_s']:.3f} s/epoch "
+            f"(min {row['min_s']:.3f}, max {row['max_s']:.3f}, {args.repeats} runs of "
+            f"{args.epochs} epochs), {rows / row['median_s']:.0f} rows/s, load {row['load']}",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps({"settings": cfg, "results": results}, indent=1) + "\n")
 

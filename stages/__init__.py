@@ -7,6 +7,7 @@ machine spinning threads starved each other (an MLP step at load 10: 176 ms spin
 passive; featurize at load 11: 3-12 posts/s spinning, 37 passive), on an idle one it costs
 little. A user's own setting wins.
 """
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -28,6 +28,7 @@ input path: encoder vectors -> FusionMLP (its standardisation buffers included).
 - Share: the two-player Shapley split of log p(t, i) - log p(mu_t, mu_i) between the text
   and the image (4 MLP calls, exact: the two parts sum to that difference).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -61,12 +62,12 @@ def drop_words(text: str, spans: list[tuple[int, int]], keep: np.ndarray) -> str
 class Explanation:
     text: str
     words: list[str]
-    word_scores: np.ndarray           # one per word
-    proba: np.ndarray                 # class probabilities of the full post
+    word_scores: np.ndarray  # one per word
+    proba: np.ndarray  # class probabilities of the full post
     predicted: int
-    text_part: float                  # Shapley share of log p(t,i) - log p(mu_t, mu_i)
+    text_part: float  # Shapley share of log p(t,i) - log p(mu_t, mu_i)
     image_part: float
-    has_image: bool                   # False for prepare's white dummy
+    has_image: bool  # False for prepare's white dummy
     regions: np.ndarray | None = None  # [grid, grid], None when no image or unused
     text_vec: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     image_vec: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
@@ -79,17 +80,24 @@ class Explanation:
 
     def to_json(self, classes: list[str]) -> dict[str, Any]:
         """What predict --explain prints and the page shows (no vectors)."""
-        return {"predicted": classes[self.predicted],
-                "probabilities": {c: round(float(p), 6) for c, p in zip(classes, self.proba)},
-                "words": [{"word": w, "score": round(float(s), 6)}
-                          for w, s in zip(self.words, self.word_scores)],
-                "image": None if self.regions is None else
-                {"grid": [[round(float(x), 6) for x in row] for row in self.regions]},
-                "no_image": not self.has_image,
-                "share": {"text": round(self.text_share, 4),
-                          "image": round(1 - self.text_share, 4),
-                          "text_logp": round(self.text_part, 6),
-                          "image_logp": round(self.image_part, 6)}}
+        return {
+            "predicted": classes[self.predicted],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, self.proba)},
+            "words": [
+                {"word": w, "score": round(float(s), 6)}
+                for w, s in zip(self.words, self.word_scores)
+            ],
+            "image": None
+            if self.regions is None
+            else {"grid": [[round(float(x), 6) for x in row] for row in self.regions]},
+            "no_image": not self.has_image,
+            "share": {
+                "text": round(self.text_share, 4),
+                "image": round(1 - self.text_share, 4),
+                "text_logp": round(self.text_part, 6),
+                "image_logp": round(self.image_part, 6),
+            },
+        }
 
 
 def log_softmax(module: torch.nn.Module, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -101,8 +109,9 @@ def log_softmax(module: torch.nn.Module, text: torch.Tensor, image: torch.Tensor
     return torch.log_softmax(logits, dim=1)
 
 
-def log_prob(module: torch.nn.Module, text: torch.Tensor, image: torch.Tensor,
-             target: torch.Tensor) -> torch.Tensor:
+def log_prob(
+    module: torch.nn.Module, text: torch.Tensor, image: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     return log_softmax(module, text, image).gather(1, target.view(-1, 1)).squeeze(1)
 
 
@@ -113,8 +122,9 @@ def as_double(module: FusionMLP) -> FusionMLP:
     return copy.deepcopy(module).double().eval()
 
 
-def modality_shapley(module: FusionMLP, text: np.ndarray, image: np.ndarray,
-                     target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def modality_shapley(
+    module: FusionMLP, text: np.ndarray, image: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(text part, image part) per row; an unused modality gets 0."""
     t, i = (torch.as_tensor(x, dtype=torch.float64) for x in (text, image))
     m = as_double(module)
@@ -123,15 +133,19 @@ def modality_shapley(module: FusionMLP, text: np.ndarray, image: np.ndarray,
     mi = means["image"].expand_as(i) if means["image"] is not None else i
     y = torch.as_tensor(target)
     with torch.no_grad():
-        f = {(a, b): log_prob(m, ta, ib, y) for a, ta in (("t", t), ("mt", mt))
-             for b, ib in (("i", i), ("mi", mi))}
+        f = {
+            (a, b): log_prob(m, ta, ib, y)
+            for a, ta in (("t", t), ("mt", mt))
+            for b, ib in (("i", i), ("mi", mi))
+        }
     text_part = 0.5 * ((f["t", "i"] - f["mt", "i"]) + (f["t", "mi"] - f["mt", "mi"]))
     image_part = 0.5 * ((f["t", "i"] - f["t", "mi"]) + (f["mt", "i"] - f["mt", "mi"]))
     return text_part.numpy(), image_part.numpy()
 
 
-def cell_contributions(module: FusionMLP, text: np.ndarray, maps: np.ndarray, target: int,
-                       steps: int) -> tuple[np.ndarray, float]:
+def cell_contributions(
+    module: FusionMLP, text: np.ndarray, maps: np.ndarray, target: int, steps: int
+) -> tuple[np.ndarray, float]:
     """Per-cell share [h, w] of g . (v - mu) for one image's feature map [D, h, w] (float64);
     also returns g . (v - mu) itself. g: the gradient of log p(target) at the pooled vector,
     averaged over `steps` midpoints of the path mu -> v."""
@@ -155,8 +169,15 @@ def grid_slices(size: int, grid: int) -> list[slice]:
 class Explainer:
     """Explains posts for a trained model and its encoder (chooses the methods it can use)."""
 
-    def __init__(self, module: FusionMLP, encoder: Encoder, method: str = "auto",
-                 steps: int = 16, grid: int = 7, text_batch: int = 32) -> None:
+    def __init__(
+        self,
+        module: FusionMLP,
+        encoder: Encoder,
+        method: str = "auto",
+        steps: int = 16,
+        grid: int = 7,
+        text_batch: int = 32,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"explain.method={method!r} is not one of {', '.join(METHODS)}")
         self.module, self.encoder = module.eval(), encoder
@@ -166,10 +187,13 @@ class Explainer:
         text_model = getattr(encoder, "text_model", None)
         gradients = isinstance(text_model, torch.nn.Module) and hasattr(text_model, "tokenizer")
         if method == "integrated_gradients" and not gradients:
-            raise ValueError(f"explain.method=integrated_gradients needs the offline encoder's "
-                             f"torch MiniLM; encoder {encoder.name!r} has none: use occlusion")
-        self.text_method = "integrated_gradients" if gradients and method != "occlusion" \
-            else "occlusion"
+            raise ValueError(
+                f"explain.method=integrated_gradients needs the offline encoder's "
+                f"torch MiniLM; encoder {encoder.name!r} has none: use occlusion"
+            )
+        self.text_method = (
+            "integrated_gradients" if gradients and method != "occlusion" else "occlusion"
+        )
         # With EfficientNet's 7x7 map (the offline encoder pools it) a region is a map cell:
         # removed by setting it to the training mean, whichever method scores it; without one,
         # a region is a block of pixels, removed by zeroing it and re-encoding.
@@ -179,8 +203,11 @@ class Explainer:
         self.image_method = "feature_map" if has_map and method != "occlusion" else "occlusion"
         # Share of the shorter image side the encoder's centre crop keeps (the page draws it).
         size = getattr(encoder.preprocess, "size", None)
-        self.view_fraction = size / (size + CROP_PADDING) \
-            if isinstance(encoder.preprocess, LitePreprocess) and size else 1.0
+        self.view_fraction = (
+            size / (size + CROP_PADDING)
+            if isinstance(encoder.preprocess, LitePreprocess) and size
+            else 1.0
+        )
         self._text_cache: dict[str, np.ndarray] = {}
         self.seconds = {"text": 0.0, "image": 0.0}  # attribution time, for the cost figures
 
@@ -188,18 +215,25 @@ class Explainer:
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         todo = sorted({t for t in texts if t not in self._text_cache}, key=lambda t: (len(t), t))
         for b in range(0, len(todo), self.text_batch):
-            chunk = todo[b:b + self.text_batch]
+            chunk = todo[b : b + self.text_batch]
             self._text_cache.update(zip(chunk, self.encoder.encode_text(chunk)))
-        return np.stack([self._text_cache[t] for t in texts]) if texts else \
-            np.zeros((0, self.encoder.text_dim), np.float32)
+        return (
+            np.stack([self._text_cache[t] for t in texts])
+            if texts
+            else np.zeros((0, self.encoder.text_dim), np.float32)
+        )
 
     def image_view(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(pooled vector, what region removal works on) for one preprocessed image."""
         if self.image_removal == "feature_cell_to_training_mean":
             enc = self.encoder
             batch = pixels[None].to(enc.device, memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast(enc.device.type, torch.bfloat16,
-                                                        enabled=getattr(enc, "autocast", False)):
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    enc.device.type, torch.bfloat16, enabled=getattr(enc, "autocast", False)
+                ),
+            ):
                 maps = self.image_net.extract_features(batch).float()
             # The same reduction as the encoder's, so the vector is bit-identical to its own.
             vector = maps.mean(dim=(2, 3))[0].cpu().numpy()
@@ -221,8 +255,10 @@ class Explainer:
         for m, mask in enumerate(keep):
             for c in np.flatnonzero(~mask):
                 batch[m, :, rows[c // self.grid], cols[c % self.grid]] = 0.0
-        out = [self.encoder.encode_images(torch.from_numpy(batch[s:s + 16]))
-               for s in range(0, len(batch), 16)]
+        out = [
+            self.encoder.encode_images(torch.from_numpy(batch[s : s + 16]))
+            for s in range(0, len(batch), 16)
+        ]
         return np.concatenate(out)
 
     def target_proba(self, text: np.ndarray, image: np.ndarray, target: int) -> np.ndarray:
@@ -231,8 +267,9 @@ class Explainer:
         return predict_proba(self.module, text, image)[:, target]
 
     # -- attributions ------------------------------------------------------------------------
-    def word_scores(self, text: str, text_vec: np.ndarray, image_vec: np.ndarray,
-                    target: int) -> np.ndarray:
+    def word_scores(
+        self, text: str, text_vec: np.ndarray, image_vec: np.ndarray, target: int
+    ) -> np.ndarray:
         spans = word_spans(text)
         if not spans or "text" not in self.uses:
             return np.zeros(len(spans))
@@ -245,14 +282,20 @@ class Explainer:
         less = np.log(self.target_proba(vecs, np.repeat(image_vec[None], len(vecs), 0), target))
         return full - less
 
-    def _integrated_gradients(self, text: str, spans: list[tuple[int, int]],
-                              image_vec: np.ndarray, target: int) -> np.ndarray:
+    def _integrated_gradients(
+        self, text: str, spans: list[tuple[int, int]], image_vec: np.ndarray, target: int
+    ) -> np.ndarray:
         from captum.attr import LayerIntegratedGradients
 
         st = self.encoder.text_model  # type: ignore[attr-defined]
-        tok = st.tokenizer([text], truncation=True, max_length=st.max_seq_length,
-                           return_offsets_mapping=True, return_special_tokens_mask=True,
-                           return_tensors="pt")
+        tok = st.tokenizer(
+            [text],
+            truncation=True,
+            max_length=st.max_seq_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
         offsets = tok.pop("offset_mapping")[0].tolist()
         special = tok.pop("special_tokens_mask").bool().to(st.device)
         tok = {k: v.to(st.device) for k, v in tok.items()}  # MiniLM may sit on a GPU
@@ -269,8 +312,13 @@ class Explainer:
 
         layer = st[0].auto_model.embeddings.word_embeddings
         attr = LayerIntegratedGradients(forward, layer).attribute(
-            ids, baselines=baseline, target=target, n_steps=self.steps,
-            method="gausslegendre", internal_batch_size=self.steps)
+            ids,
+            baselines=baseline,
+            target=target,
+            n_steps=self.steps,
+            method="gausslegendre",
+            internal_batch_size=self.steps,
+        )
         token_scores = attr.sum(dim=-1)[0].detach().double().cpu().numpy()
         starts = [s for s, _ in spans]
         scores = np.zeros(len(spans))
@@ -279,12 +327,16 @@ class Explainer:
                 scores[bisect.bisect_right(starts, s) - 1] += score
         return scores
 
-    def region_scores(self, view: np.ndarray, text_vec: np.ndarray, image_vec: np.ndarray,
-                      target: int) -> np.ndarray:
+    def region_scores(
+        self, view: np.ndarray, text_vec: np.ndarray, image_vec: np.ndarray, target: int
+    ) -> np.ndarray:
         if self.image_method == "feature_map":
             return cell_contributions(self.exact_module, text_vec, view, target, self.steps)[0]
-        shape = view.shape[1:] if self.image_removal == "feature_cell_to_training_mean" \
+        shape = (
+            view.shape[1:]
+            if self.image_removal == "feature_cell_to_training_mean"
             else (self.grid, self.grid)
+        )
         cells = shape[0] * shape[1]
         keep = ~np.eye(cells, dtype=bool)
         vecs = self.region_vectors(view, keep)
@@ -292,8 +344,9 @@ class Explainer:
         less = np.log(self.target_proba(np.repeat(text_vec[None], cells, 0), vecs, target))
         return (full - less).reshape(shape)
 
-    def explain(self, texts: list[str], pixels: list[torch.Tensor],
-                has_image: list[bool]) -> list[Explanation]:
+    def explain(
+        self, texts: list[str], pixels: list[torch.Tensor], has_image: list[bool]
+    ) -> list[Explanation]:
         """One Explanation per post (texts as cleaned by prepare; preprocessed images)."""
         torch.manual_seed(0)  # nothing here is random; pinned in case a backend is
         text_vecs = self.text_vectors(texts)
@@ -314,8 +367,20 @@ class Explainer:
             words = self.word_scores(text, text_vecs[i], image_vecs[i], y)
             self.seconds["image"] += middle - start
             self.seconds["text"] += time.perf_counter() - middle
-            out.append(Explanation(
-                text, [text[s:e] for s, e in word_spans(text)], words, proba[i], y,
-                float(text_part[i]), float(image_part[i]), has_image[i], regions,
-                text_vecs[i], image_vecs[i], views[i][1]))
+            out.append(
+                Explanation(
+                    text,
+                    [text[s:e] for s, e in word_spans(text)],
+                    words,
+                    proba[i],
+                    y,
+                    float(text_part[i]),
+                    float(image_part[i]),
+                    has_image[i],
+                    regions,
+                    text_vecs[i],
+                    image_vecs[i],
+                    views[i][1],
+                )
+            )
         return out

@@ -5,6 +5,7 @@ models (another CPU's last bits, another seed), so each figure comes with the sp
 have over resampled test sets: posts drawn with replacement, `RESAMPLES` times, seeded; the
 percentile interval of the statistic over the resamples.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ LEVEL = 0.95
 CHUNK = 100
 
 
-def confusion_stack(y_true: np.ndarray, pred: np.ndarray, n_classes: int,
-                    rows: np.ndarray) -> np.ndarray:
+def confusion_stack(
+    y_true: np.ndarray, pred: np.ndarray, n_classes: int, rows: np.ndarray
+) -> np.ndarray:
     """[resamples, true, predicted] counts, one confusion matrix per row of `rows` (indices)."""
     cells = y_true[rows] * n_classes + pred[rows]
     cells = cells + (np.arange(len(rows)) * n_classes * n_classes)[:, None]
@@ -35,9 +37,14 @@ def scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     return {"accuracy": tp.sum(axis=1) / np.maximum(total, 1), "macro_f1": f1.mean(axis=1)}
 
 
-def intervals(y_true: np.ndarray, pred: np.ndarray, n_classes: int,
-              resamples: int = RESAMPLES, seed: int = SEED,
-              level: float = LEVEL) -> dict[str, float]:
+def intervals(
+    y_true: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> dict[str, float]:
     """`<metric>_ci95_lo` / `_hi` for accuracy and macro-F1: flat keys, because
     `dvc metrics show/diff` drop lists."""
     y_true, pred = np.asarray(y_true, np.int64), np.asarray(pred, np.int64)

@@ -6,6 +6,7 @@ T on validation logits (softmax(logits / T) minimises the validation log loss; t
 every argmax are unchanged) and evaluate measures the expected calibration error before and
 after, with the reliability diagram's bins.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         raise ValueError("temperature scaling needs validation rows")
     labels = np.asarray(labels, np.int64)
-    found = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))),
-                            bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
+    found = minimize_scalar(
+        lambda log_t: nll(logits, labels, float(np.exp(log_t))),
+        bounds=LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(found.x))
 
 
@@ -45,10 +50,15 @@ def reliability(proba: np.ndarray, labels: np.ndarray, bins: int = BINS) -> list
     for k in range(bins):
         rows = which == k
         if rows.any():
-            out.append({"bin_low": round(k / bins, 4), "bin_high": round((k + 1) / bins, 4),
-                        "confidence": float(confidence[rows].mean()),
-                        "accuracy": float((pred[rows] == labels[rows]).mean()),
-                        "count": int(rows.sum())})
+            out.append(
+                {
+                    "bin_low": round(k / bins, 4),
+                    "bin_high": round((k + 1) / bins, 4),
+                    "confidence": float(confidence[rows].mean()),
+                    "accuracy": float((pred[rows] == labels[rows]).mean()),
+                    "count": int(rows.sum()),
+                }
+            )
     return out
 
 
@@ -57,5 +67,10 @@ def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int 
     labels = np.asarray(labels)
     if len(labels) == 0:
         raise ValueError("calibration error of an empty split")
-    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"])
-                     for b in reliability(proba, labels, bins)) / len(labels))
+    return float(
+        sum(
+            b["count"] * abs(b["accuracy"] - b["confidence"])
+            for b in reliability(proba, labels, bins)
+        )
+        / len(labels)
+    )

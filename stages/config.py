@@ -7,6 +7,7 @@ and a comment saying what it does; params.yaml gives every value (no key has a s
 in code). A missing key, an unknown key, a wrong type or a value out of range is an error
 naming the key and what is allowed.
 """
+
 from __future__ import annotations
 
 import types
@@ -20,11 +21,15 @@ from stages.params import ParamsError, load_params
 T = TypeVar("T")
 
 
-def bounded(low: float | None = None, high: float | None = None, *, open_low: bool = False,
-            open_high: bool = False) -> Any:
+def bounded(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Any:
     """A field whose number must lie in [low, high] (or open at an end)."""
-    return field(metadata={"low": low, "high": high, "open_low": open_low,
-                           "open_high": open_high})
+    return field(metadata={"low": low, "high": high, "open_low": open_low, "open_high": open_high})
 
 
 def build(cls: type[T], node: Any, where: str = "") -> T:
@@ -36,8 +41,10 @@ def build(cls: type[T], node: Any, where: str = "") -> T:
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     # A view reads some keys of a section another stage owns (DVC tracks just those keys).
     if not getattr(cls, "view", False) and (unknown := sorted(set(map(str, node)) - set(known))):
-        raise ParamsError(f"params.yaml: unknown key(s) {', '.join(_join(where, u) for u in unknown)}"
-                          f"; {label} takes {', '.join(known)}")
+        raise ParamsError(
+            f"params.yaml: unknown key(s) {', '.join(_join(where, u) for u in unknown)}"
+            f"; {label} takes {', '.join(known)}"
+        )
     values = {}
     for spec in fields(cls):  # type: ignore[arg-type]
         key = _join(where, spec.name)
@@ -64,8 +71,9 @@ def _convert(kind: Any, value: Any, key: str, meta: Any) -> Any:
         return _convert(next(a for a in args if a is not type(None)), value, key, meta)
     if origin is Literal:
         if value not in args:
-            raise ParamsError(f"params.yaml: {key}={value!r} is not one of "
-                              f"{', '.join(map(str, args))}")
+            raise ParamsError(
+                f"params.yaml: {key}={value!r} is not one of {', '.join(map(str, args))}"
+            )
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
@@ -116,14 +124,17 @@ def load(cls: type[T], path: Path = Path("params.yaml")) -> T:
 
 # --- top level -------------------------------------------------------------------------
 
+
 def check_classes(classes: tuple[str, ...]) -> tuple[str, ...]:
     if not classes or len(set(classes)) != len(classes):
-        raise ParamsError(f"params.yaml: classes must be a list of distinct names, got "
-                          f"{list(classes)!r}")
+        raise ParamsError(
+            f"params.yaml: classes must be a list of distinct names, got {list(classes)!r}"
+        )
     return classes
 
 
 # --- prepare ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -136,11 +147,11 @@ class DataConfig:
 class PrepareConfig:
     seed: int = bounded(0, 2**32 - 1)
     strip_urls: bool = field()
-    dummy_size: int = bounded(1, 100_000)         # side of the white dummy image, px
-    max_side: int = bounded(16, 100_000)          # longest side after normalisation, px
+    dummy_size: int = bounded(1, 100_000)  # side of the white dummy image, px
+    max_side: int = bounded(16, 100_000)  # longest side after normalisation, px
     test_size: float = bounded(0, 1, open_low=True, open_high=True)
     val_size: float = bounded(0, 1, open_low=True, open_high=True)
-    near_duplicate_bits: int = bounded(-1, 255)   # -1: near-duplicate images not grouped
+    near_duplicate_bits: int = bounded(-1, 255)  # -1: near-duplicate images not grouped
     min_shared_words: int = bounded(1)
     group_by: Literal["content", "event"] = field()
     test_events: tuple[str, ...] = field()
@@ -161,30 +172,33 @@ class PrepareStage:
 
 # --- featurize -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class OfflineConfig:
-    image_size: int = bounded(32, 1024)       # EfficientNet-Lite0 input side, px
+    image_size: int = bounded(32, 1024)  # EfficientNet-Lite0 input side, px
     runtime: Literal["onnx", "torch"] = field()
-    bf16: bool = field()                      # torch runtime only: bf16 autocast
+    bf16: bool = field()  # torch runtime only: bf16 autocast
 
     def __post_init__(self) -> None:
         if self.bf16 and self.runtime != "torch":
-            raise ParamsError("params.yaml: featurize.offline.bf16: true needs "
-                              "featurize.offline.runtime: torch (the ONNX graphs run in fp32)")
+            raise ParamsError(
+                "params.yaml: featurize.offline.bf16: true needs "
+                "featurize.offline.runtime: torch (the ONNX graphs run in fp32)"
+            )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str                                # hub id (from the HF cache) or a local path
+    model: str  # hub id (from the HF cache) or a local path
 
 
 @dataclass(frozen=True)
 class FeaturizeConfig:
     encoder: Literal["offline", "blip2", "clip", "siglip"] = field()
-    batch_size: int = bounded(1)              # images per forward pass
-    text_batch_size: int = bounded(1)         # texts per forward pass
-    num_workers: int = bounded(0, 64)         # DataLoader processes decoding images
-    shard_size: int = bounded(1)              # distinct inputs per resumable shard
+    batch_size: int = bounded(1)  # images per forward pass
+    text_batch_size: int = bounded(1)  # texts per forward pass
+    num_workers: int = bounded(0, 64)  # DataLoader processes decoding images
+    shard_size: int = bounded(1)  # distinct inputs per resumable shard
     offline: OfflineConfig = field()
     blip2: ModelConfig = field()
     clip: ModelConfig = field()
@@ -203,15 +217,16 @@ def featurize_config(node: dict[str, Any]) -> FeaturizeConfig:
 
 # --- explain ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ExplainConfig:
     method: Literal["auto", "integrated_gradients", "occlusion"] = field()
-    n_posts: int = bounded(1)                 # test posts explained and scored
-    steps: int = bounded(1)                   # integration steps
-    k: tuple[int, ...] = bounded(1)           # words / regions removed or kept
-    random_draws: int = bounded(1)            # seeded random-k draws: the baseline
-    bootstrap: int = bounded(1)               # resamples for the 95% intervals
-    page_posts: int = bounded(0)              # posts shown on reports/explain/index.html
+    n_posts: int = bounded(1)  # test posts explained and scored
+    steps: int = bounded(1)  # integration steps
+    k: tuple[int, ...] = bounded(1)  # words / regions removed or kept
+    random_draws: int = bounded(1)  # seeded random-k draws: the baseline
+    bootstrap: int = bounded(1)  # resamples for the 95% intervals
+    page_posts: int = bounded(0)  # posts shown on reports/explain/index.html
     seed: int = bounded(0, 2**32 - 1)
 
     def __post_init__(self) -> None:
@@ -222,6 +237,7 @@ class ExplainConfig:
 @dataclass(frozen=True)
 class DummyView:
     """The one prepare setting explain needs: which picture is the white dummy."""
+
     view: ClassVar[bool] = True
     dummy_size: int = bounded(1, 100_000)
 
@@ -235,21 +251,22 @@ class ExplainStage:
 
 # --- train -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = bounded(0, 2**32 - 1)
     fusion: Literal["gated", "concat"] = field()
-    hidden: tuple[int, ...] = bounded(1)      # widths of the two hidden layers
+    hidden: tuple[int, ...] = bounded(1)  # widths of the two hidden layers
     dropout: float = bounded(0, 1, open_high=True)
     lr: float = bounded(0, open_low=True)
     weight_decay: float = bounded(0)
     label_smoothing: float = bounded(0, 1, open_high=True)
     epochs: int = bounded(1)
     batch_size: int = bounded(1)
-    patience: int = bounded(1)                # epochs without a better val macro-F1
+    patience: int = bounded(1)  # epochs without a better val macro-F1
     auto_weight_power: float = bounded(0, 1)  # weights=auto: inverse frequency ** this
-    cv_folds: int = bounded(0)                # >= 2: k-fold CV on train+val picks the epochs
-    cv_max_rows: int = bounded(0)             # ...when train+val has at most this many rows
+    cv_folds: int = bounded(0)  # >= 2: k-fold CV on train+val picks the epochs
+    cv_max_rows: int = bounded(0)  # ...when train+val has at most this many rows
     cv_model: Literal["refit", "ensemble"] = field()  # after CV: one refit, or the k fold models
 
     def __post_init__(self) -> None:
@@ -260,6 +277,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class GroupingView:
     """prepare's grouping relations, which cross-validation folds keep whole too."""
+
     view: ClassVar[bool] = True
     near_duplicate_bits: int = bounded(-1, 255)
     min_shared_words: int = bounded(1)
@@ -268,7 +286,7 @@ class GroupingView:
 @dataclass(frozen=True)
 class TrainStage:
     weights: Literal["auto", "manual", "none"] = field()
-    manual_weights: dict[str, float] = field()   # checked against the classes by train
+    manual_weights: dict[str, float] = field()  # checked against the classes by train
     modality: Literal["both", "text", "image"] = field()
     train: TrainConfig = field()
     prepare: GroupingView = field()

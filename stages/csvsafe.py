@@ -5,10 +5,11 @@ file is opened in a spreadsheet (CSV injection). `write_csv` prefixes such cells
 usual neutraliser; `read_csv` removes exactly that prefix again, so pipeline stages get the
 original strings back. Stages that read a CSV written here must use `read_csv`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -5,6 +5,7 @@ calibration error with and without the model's temperature), `reports/prediction
 per-class precision-recall curves and the reliability diagram under `reports/plots/`, PNG
 figures under `reports/figures/` and `reports/classification_report.md`; prints a summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, f1_score, log_loss, precision_recall_curve,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    log_loss,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from stages import bootstrap, calibration
 from stages.csvsafe import read_csv, write_csv
@@ -44,31 +51,41 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
     else:
         # Two classes (fake/real): scikit-learn wants the positive class's score alone.
         score = proba[:, 1] if len(classes) == 2 else proba
-        auc = float(roc_auc_score(y_true, score, multi_class="ovr", average="macro",
-                                  labels=labels))
+        auc = float(roc_auc_score(y_true, score, multi_class="ovr", average="macro", labels=labels))
     return {
         "rows": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, pred)),
-        "accuracy_ci95_lo": ci["accuracy_ci95_lo"], "accuracy_ci95_hi": ci["accuracy_ci95_hi"],
+        "accuracy_ci95_lo": ci["accuracy_ci95_lo"],
+        "accuracy_ci95_hi": ci["accuracy_ci95_hi"],
         "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
-        "macro_f1_ci95_lo": ci["macro_f1_ci95_lo"], "macro_f1_ci95_hi": ci["macro_f1_ci95_hi"],
-        "weighted_f1": float(f1_score(y_true, pred, labels=labels, average="weighted",
-                                      zero_division=0)),
+        "macro_f1_ci95_lo": ci["macro_f1_ci95_lo"],
+        "macro_f1_ci95_hi": ci["macro_f1_ci95_hi"],
+        "weighted_f1": float(
+            f1_score(y_true, pred, labels=labels, average="weighted", zero_division=0)
+        ),
         "roc_auc_ovr_macro": auc,
         "log_loss": float(log_loss(y_true, proba, labels=labels)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                          "support": int(s[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i, c in enumerate(classes)
+        },
     }
 
 
-def calibration_metrics(y_true: np.ndarray, proba: np.ndarray,
-                        raw: np.ndarray) -> dict[str, float]:
+def calibration_metrics(y_true: np.ndarray, proba: np.ndarray, raw: np.ndarray) -> dict[str, float]:
     """Expected calibration error of the shipped (temperature-scaled) probabilities and of the
     raw softmax, and the log loss of the raw softmax (the shipped one is `log_loss`)."""
     labels = list(range(proba.shape[1]))
-    return {"ece": calibration.expected_calibration_error(proba, y_true),
-            "ece_uncalibrated": calibration.expected_calibration_error(raw, y_true),
-            "log_loss_uncalibrated": float(log_loss(y_true, raw, labels=labels))}
+    return {
+        "ece": calibration.expected_calibration_error(proba, y_true),
+        "ece_uncalibrated": calibration.expected_calibration_error(raw, y_true),
+        "log_loss_uncalibrated": float(log_loss(y_true, raw, labels=labels)),
+    }
 
 
 def pr_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, list]:
@@ -78,15 +95,23 @@ def pr_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict
         if not (y_true == i).any():
             continue
         precision, recall, _ = precision_recall_curve(y_true == i, proba[:, i])
-        curves[name] = [{"recall": round(float(rc), 5), "precision": round(float(pr), 5)}
-                        for rc, pr in zip(recall, precision)]
+        curves[name] = [
+            {"recall": round(float(rc), 5), "precision": round(float(pr), 5)}
+            for rc, pr in zip(recall, precision)
+        ]
     return curves
 
 
-def predictions_frame(ids: np.ndarray, y_true: np.ndarray, proba: np.ndarray,
-                      classes: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame({"id": ids, "actual": [classes[i] for i in y_true],
-                          "predicted": [classes[i] for i in proba.argmax(axis=1)]})
+def predictions_frame(
+    ids: np.ndarray, y_true: np.ndarray, proba: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "actual": [classes[i] for i in y_true],
+            "predicted": [classes[i] for i in proba.argmax(axis=1)],
+        }
+    )
     for i, name in enumerate(classes):
         frame[f"prob_{name}"] = np.round(proba[:, i], 6)
     return frame
@@ -98,16 +123,20 @@ def main() -> None:
     classes = list(meta["classes"])
     features_meta = json.loads(Path("features/meta.json").read_text(encoding="utf-8"))
     if differ := feature_mismatch(meta, features_meta):
-        raise SystemExit("evaluate: error: models/model.json was trained on other features than "
-                         f"features/meta.json ({'; '.join(differ)}); re-run train")
+        raise SystemExit(
+            "evaluate: error: models/model.json was trained on other features than "
+            f"features/meta.json ({'; '.join(differ)}); re-run train"
+        )
     test = read_features(Path("features/test.safetensors"), len(classes), meta["dims"])
     small_path = Path("dataset/test_balanced_100.csv")
     small_ids = read_csv(small_path)["id"].to_numpy()
     ids = test["id"].numpy()
     missing = np.setdiff1d(small_ids, ids)
     if len(missing):
-        raise ValueError(f"{small_path}: {len(missing)} ids not in features/test.safetensors "
-                         f"(first {missing[:5].tolist()}); re-run featurize")
+        raise ValueError(
+            f"{small_path}: {len(missing)} ids not in features/test.safetensors "
+            f"(first {missing[:5].tolist()}); re-run featurize"
+        )
     proba_all = predict_proba(module, test["text"], test["image"])
     raw_all = predict_proba(module, test["text"], test["image"], calibrated=False)
     y_all = test["label"].numpy()
@@ -116,8 +145,13 @@ def main() -> None:
     raw = {"test": raw_all, "test_100": raw_all[keep]}
     y = {"test": y_all, "test_100": y_all[keep]}
     pred = {s: p.argmax(axis=1) for s, p in probas.items()}
-    results = {s: {**compute_metrics(y[s], probas[s], classes),
-                   **calibration_metrics(y[s], probas[s], raw[s])} for s in SPLITS}
+    results = {
+        s: {
+            **compute_metrics(y[s], probas[s], classes),
+            **calibration_metrics(y[s], probas[s], raw[s]),
+        }
+        for s in SPLITS
+    }
 
     write_json(REPORTS / "metrics.json", results)
     write_csv(predictions_frame(ids, y_all, proba_all, classes), REPORTS / "predictions_test.csv")
@@ -126,12 +160,17 @@ def main() -> None:
         write_json(REPORTS / "plots" / "precision_recall" / f"{safe}.json", points)
     # Reliability diagram (test): one line per variant, and the diagonal of perfect calibration.
     for name, p in (("calibrated", proba_all), ("uncalibrated", raw_all)):
-        write_json(REPORTS / "plots" / "reliability" / f"{name}.json",
-                   calibration.reliability(p, y_all))
-    write_json(REPORTS / "plots" / "reliability" / "perfect.json",
-               [{"confidence": c, "accuracy": c} for c in (0.0, 1.0)])
+        write_json(
+            REPORTS / "plots" / "reliability" / f"{name}.json", calibration.reliability(p, y_all)
+        )
+    write_json(
+        REPORTS / "plots" / "reliability" / "perfect.json",
+        [{"confidence": c, "accuracy": c} for c in (0.0, 1.0)],
+    )
     save_figures(results, y, pred, classes, REPORTS / "figures")
-    write_text(REPORTS / "classification_report.md", markdown_report(results, y, pred, classes, meta))
+    write_text(
+        REPORTS / "classification_report.md", markdown_report(results, y, pred, classes, meta)
+    )
     print(summary_table(results, classes))
 
 

@@ -7,6 +7,7 @@ bootstrap intervals; text/image share per class), reports/explain/index.html (ex
 posts, offline) and reports/explain/deletion.csv (the deletion curve, a DVC plot). Methods
 and removal rules: stages/attribution.py; metrics: stages/faithfulness.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
-
 
 import numpy as np
 import pandas as pd
@@ -44,40 +44,75 @@ def share_by_class(exps: list[Explanation], classes: list[str]) -> dict[str, Any
     out: dict[str, Any] = {}
     for k, name in enumerate(classes):
         shares = [e.text_share for e in exps if e.predicted == k]
-        out[name] = {"posts": len(shares),
-                     "text_share": round(float(np.mean(shares)), 4) if shares else None}
-    out["all"] = {"posts": len(exps),
-                  "text_share": round(float(np.mean([e.text_share for e in exps])), 4)}
+        out[name] = {
+            "posts": len(shares),
+            "text_share": round(float(np.mean(shares)), 4) if shares else None,
+        }
+    out["all"] = {
+        "posts": len(exps),
+        "text_share": round(float(np.mean([e.text_share for e in exps])), 4),
+    }
     return out
 
 
-def explain_posts(posts: pd.DataFrame, explainer: Explainer, dummy: str, classes: list[str],
-                  cfg: config.ExplainConfig) -> tuple[dict, list[dict], str]:
+def explain_posts(
+    posts: pd.DataFrame,
+    explainer: Explainer,
+    dummy: str,
+    classes: list[str],
+    cfg: config.ExplainConfig,
+) -> tuple[dict, list[dict], str]:
     """The core: (explain.json content, deletion curve rows, page html) for `posts`
     (columns id, text, image_path relative to dataset/, label)."""
     images = [load_rgb(DATASET / p) for p in posts["image_path"]]
     has_image = [Path(p).stem != dummy for p in posts["image_path"]]
-    exps = explainer.explain(list(posts["text"]), [explainer.encoder.preprocess(i) for i in images],
-                             has_image)
+    exps = explainer.explain(
+        list(posts["text"]), [explainer.encoder.preprocess(i) for i in images], has_image
+    )
     ks = list(cfg.k)
     faith, curve = measure(exps, explainer, ks, cfg.random_draws, cfg.bootstrap, cfg.seed)
-    report = {"posts": len(exps), "posts_with_image": int(sum(has_image)), "k": ks,
-              "random_draws": cfg.random_draws,
-              "methods": {"text": explainer.text_method, "image": explainer.image_method,
-                          "word_removal": "deleted from the text, re-encoded",
-                          "region_removal": explainer.image_removal},
-              "text": faith["text"], "image": faith["image"],
-              "share": share_by_class(exps, classes),
-              "accuracy_of_explained": round(float(np.mean(
-                  [classes[e.predicted] == a for e, a in zip(exps, posts["label"])])), 4)}
+    report = {
+        "posts": len(exps),
+        "posts_with_image": int(sum(has_image)),
+        "k": ks,
+        "random_draws": cfg.random_draws,
+        "methods": {
+            "text": explainer.text_method,
+            "image": explainer.image_method,
+            "word_removal": "deleted from the text, re-encoded",
+            "region_removal": explainer.image_removal,
+        },
+        "text": faith["text"],
+        "image": faith["image"],
+        "share": share_by_class(exps, classes),
+        "accuracy_of_explained": round(
+            float(np.mean([classes[e.predicted] == a for e, a in zip(exps, posts["label"])])), 4
+        ),
+    }
     correct = [i for i, (e, a) in enumerate(zip(exps, posts["label"])) if classes[e.predicted] == a]
     wrong = [i for i in range(len(exps)) if i not in set(correct)]
     half = cfg.page_posts // 2
     # Evenly spread over the file, so every source shows up, correct and wrong alike.
-    shown = [(ok, group[int(j)]) for ok, group in ((True, correct), (False, wrong)) if group
-             for j in np.unique(np.linspace(0, len(group) - 1, min(half, len(group))).round())]
-    cards = [(ok, post_card(exps[i], posts["id"].iloc[i], posts["label"].iloc[i], classes,
-                            images[i], explainer.view_fraction)) for ok, i in shown]
+    shown = [
+        (ok, group[int(j)])
+        for ok, group in ((True, correct), (False, wrong))
+        if group
+        for j in np.unique(np.linspace(0, len(group) - 1, min(half, len(group))).round())
+    ]
+    cards = [
+        (
+            ok,
+            post_card(
+                exps[i],
+                posts["id"].iloc[i],
+                posts["label"].iloc[i],
+                classes,
+                images[i],
+                explainer.view_fraction,
+            ),
+        )
+        for ok, i in shown
+    ]
     return report, curve, render(cards, report)
 
 
@@ -93,14 +128,18 @@ def main() -> None:
     stored = read_features(Path("features/test.safetensors"), len(classes), meta["dims"])
     posts = csvsafe.read_csv(DATASET / "test_balanced.csv", int_columns=())
     if sorted(posts["id"].astype(np.int64)) != sorted(stored["id"].tolist()):
-        raise ValueError("dataset/test_balanced.csv and features/test.safetensors hold other "
-                         "posts; re-run featurize")
+        raise ValueError(
+            "dataset/test_balanced.csv and features/test.safetensors hold other "
+            "posts; re-run featurize"
+        )
     posts = select_posts(posts, cfg.n_posts, cfg.seed)
     start = time.perf_counter()
     encoder = load_encoder(stage.featurize)
     if encoder.fingerprint() != meta.get("fingerprint"):
-        raise ValueError(f"the featurize settings give encoder {encoder.name!r} with another "
-                         "fingerprint than models/model.json's; re-run the pipeline")
+        raise ValueError(
+            f"the featurize settings give encoder {encoder.name!r} with another "
+            "fingerprint than models/model.json's; re-run the pipeline"
+        )
     explainer = Explainer(module, encoder, cfg.method, cfg.steps)
     loaded = time.perf_counter()
     dummy = encode_jpeg(white_image(stage.prepare.dummy_size))[0]
@@ -110,19 +149,23 @@ def main() -> None:
     csvsafe.write_csv(pd.DataFrame(curve), REPORTS / "explain" / "deletion.csv")
     write_text(REPORTS / "explain" / "index.html", page)
     t, i = report["text"], report["image"]
-    print(f"explain: {len(posts)} posts ({report['posts_with_image']} with an image), "
-          f"{explainer.text_method} / {explainer.image_method}; encoder load "
-          f"{loaded - start:.1f} s, explain + faithfulness {done - loaded:.1f} s "
-          f"({(done - loaded) / max(1, len(posts)):.3f} s a post; attributions alone: text "
-          f"{explainer.seconds['text'] / max(1, len(posts)):.3f} s, image "
-          f"{explainer.seconds['image'] / max(1, report['posts_with_image']):.4f} s a post)")
+    print(
+        f"explain: {len(posts)} posts ({report['posts_with_image']} with an image), "
+        f"{explainer.text_method} / {explainer.image_method}; encoder load "
+        f"{loaded - start:.1f} s, explain + faithfulness {done - loaded:.1f} s "
+        f"({(done - loaded) / max(1, len(posts)):.3f} s a post; attributions alone: text "
+        f"{explainer.seconds['text'] / max(1, len(posts)):.3f} s, image "
+        f"{explainer.seconds['image'] / max(1, report['posts_with_image']):.4f} s a post)"
+    )
     for name, part in (("text", t), ("image", i)):
         for mode in ("comprehensiveness", "sufficiency"):
             if part["posts"]:
                 d = part[mode]["attributed_minus_random"]
-                print(f"  {name:<5} {mode:<17} attributed {part[mode]['attributed']['mean']:.4f}"
-                      f"  random {part[mode]['random']['mean']:.4f}  diff {d['mean']:+.4f} "
-                      f"[{d['lo']:+.4f}, {d['hi']:+.4f}]  n={part['posts']}")
+                print(
+                    f"  {name:<5} {mode:<17} attributed {part[mode]['attributed']['mean']:.4f}"
+                    f"  random {part[mode]['random']['mean']:.4f}  diff {d['mean']:+.4f} "
+                    f"[{d['lo']:+.4f}, {d['hi']:+.4f}]  n={part['posts']}"
+                )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ PNGs. Every piece of post text goes through html.escape. Words are shaded by the
 (orange: pushed towards the predicted class, blue: against it); the image is the crop the
 encoder sees with its region map over it in the same colours.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,9 +39,11 @@ def colour(score: float, scale: float) -> str:
 
 def shaded_words(e: Explanation) -> str:
     scale = float(np.abs(e.word_scores).max()) if len(e.word_scores) else 0.0
-    return " ".join(f'<span style="background:{colour(float(s), scale)}" '
-                    f'title="{float(s):+.4f}">{escape(w)}</span>'
-                    for w, s in zip(e.words, e.word_scores))
+    return " ".join(
+        f'<span style="background:{colour(float(s), scale)}" '
+        f'title="{float(s):+.4f}">{escape(w)}</span>'
+        for w, s in zip(e.words, e.word_scores)
+    )
 
 
 def heat_overlay(image: Image.Image, regions: np.ndarray, crop_fraction: float) -> str:
@@ -48,8 +51,11 @@ def heat_overlay(image: Image.Image, regions: np.ndarray, crop_fraction: float) 
     w, h = image.size
     side = min(w, h) * crop_fraction
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    base = image.convert("RGB").resize((SHOWN_SIDE, SHOWN_SIDE), Image.BICUBIC,
-                                       box=box).convert("RGBA")
+    base = (
+        image.convert("RGB")
+        .resize((SHOWN_SIDE, SHOWN_SIDE), Image.BICUBIC, box=box)
+        .convert("RGBA")
+    )
     scale = float(np.abs(regions).max()) or 1.0
     cells = np.zeros((*regions.shape, 4), np.uint8)
     for (r, c), s in np.ndenumerate(regions):
@@ -61,28 +67,40 @@ def heat_overlay(image: Image.Image, regions: np.ndarray, crop_fraction: float) 
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def post_card(e: Explanation, post_id: Any, actual: str, classes: list[str],
-              image: Image.Image | None, crop_fraction: float) -> str:
+def post_card(
+    e: Explanation,
+    post_id: Any,
+    actual: str,
+    classes: list[str],
+    image: Image.Image | None,
+    crop_fraction: float,
+) -> str:
     predicted = classes[e.predicted]
-    rows = "".join(f"<tr><td>{escape(c)}</td><td>{p:.3f}</td><td><span class=bar "
-                   f'style="width:{p * 120:.0f}px"></span></td></tr>'
-                   for c, p in zip(classes, e.proba))
+    rows = "".join(
+        f"<tr><td>{escape(c)}</td><td>{p:.3f}</td><td><span class=bar "
+        f'style="width:{p * 120:.0f}px"></span></td></tr>'
+        for c, p in zip(classes, e.proba)
+    )
     if not e.has_image:
-        picture = '<div class=noimg>no image<br>(white dummy)</div>'
+        picture = "<div class=noimg>no image<br>(white dummy)</div>"
     elif image is None or e.regions is None:
-        picture = '<div class=noimg>image not used by this model</div>'
+        picture = "<div class=noimg>image not used by this model</div>"
     else:
-        picture = (f'<img alt="image with region map" width={SHOWN_SIDE} height={SHOWN_SIDE} '
-                   f'src="{heat_overlay(image, e.regions, crop_fraction)}">')
+        picture = (
+            f'<img alt="image with region map" width={SHOWN_SIDE} height={SHOWN_SIDE} '
+            f'src="{heat_overlay(image, e.regions, crop_fraction)}">'
+        )
     verdict = "correct" if predicted == actual else "wrong"
-    return (f'<div class="post {verdict}"><div>{picture}</div><div>'
-            f"<b>post {escape(str(post_id))}</b>: predicted <b>{escape(predicted)}</b>, "
-            f"actual <b>{escape(actual)}</b> ({verdict})"
-            f'<p class=words>{shaded_words(e)}</p>'
-            f"<p class=share>text {e.text_share:.0%} / image {1 - e.text_share:.0%} of this "
-            f"prediction (log-probability parts {e.text_part:+.3f} / {e.image_part:+.3f})"
-            f"{'' if e.has_image else '; the image part is the white dummy itself'}</p>"
-            f"<table>{rows}</table></div></div>")
+    return (
+        f'<div class="post {verdict}"><div>{picture}</div><div>'
+        f"<b>post {escape(str(post_id))}</b>: predicted <b>{escape(predicted)}</b>, "
+        f"actual <b>{escape(actual)}</b> ({verdict})"
+        f"<p class=words>{shaded_words(e)}</p>"
+        f"<p class=share>text {e.text_share:.0%} / image {1 - e.text_share:.0%} of this "
+        f"prediction (log-probability parts {e.text_part:+.3f} / {e.image_part:+.3f})"
+        f"{'' if e.has_image else '; the image part is the white dummy itself'}</p>"
+        f"<table>{rows}</table></div></div>"
+    )
 
 
 def faithfulness_table(report: dict[str, Any]) -> str:
@@ -94,12 +112,17 @@ def faithfulness_table(report: dict[str, Any]) -> str:
         for mode in ("comprehensiveness", "sufficiency"):
             a, r = part[mode]["attributed"], part[mode]["random"]
             d = part[mode]["attributed_minus_random"]
-            lines.append(f"<tr><td>{modality}</td><td>{mode}</td><td>{a['mean']:.3f}</td>"
-                         f"<td>{r['mean']:.3f}</td><td>{d['mean']:+.3f} "
-                         f"[{d['lo']:+.3f}, {d['hi']:+.3f}]</td><td>{part['posts']}</td></tr>")
-    return ("<table border=1><tr><th>modality</th><th>measure</th><th>attributed</th>"
-            "<th>random</th><th>difference [95% CI]</th><th>posts</th></tr>"
-            + "".join(lines) + "</table>")
+            lines.append(
+                f"<tr><td>{modality}</td><td>{mode}</td><td>{a['mean']:.3f}</td>"
+                f"<td>{r['mean']:.3f}</td><td>{d['mean']:+.3f} "
+                f"[{d['lo']:+.3f}, {d['hi']:+.3f}]</td><td>{part['posts']}</td></tr>"
+            )
+    return (
+        "<table border=1><tr><th>modality</th><th>measure</th><th>attributed</th>"
+        "<th>random</th><th>difference [95% CI]</th><th>posts</th></tr>"
+        + "".join(lines)
+        + "</table>"
+    )
 
 
 def render(cards: list[tuple[bool, str]], report: dict[str, Any]) -> str:
@@ -120,23 +143,29 @@ def render(cards: list[tuple[bool, str]], report: dict[str, Any]) -> str:
         f"{faithfulness_table(report)}"
         f"<h2>Correct predictions</h2>{correct or '<p>none among the posts shown</p>'}"
         f"<h2>Wrong predictions</h2>{wrong or '<p>none among the posts shown</p>'}"
-        "</body></html>\n")
+        "</body></html>\n"
+    )
 
 
 def describe(found: dict[str, Any], top: int = 5) -> str:
     """The explanation for a reader: the words that pushed most towards the predicted class,
     the image region that did, and how much each modality contributed."""
     words = sorted(found["words"], key=lambda w: -w["score"])[:top]
-    lines = [f"why {found['predicted']}: text {found['share']['text']:.0%}, "
-             f"image {found['share']['image']:.0%} of the prediction",
-             "  words: " + ", ".join(f"{w['word']} ({w['score']:+.3f})" for w in words)]
+    lines = [
+        f"why {found['predicted']}: text {found['share']['text']:.0%}, "
+        f"image {found['share']['image']:.0%} of the prediction",
+        "  words: " + ", ".join(f"{w['word']} ({w['score']:+.3f})" for w in words),
+    ]
     if found["no_image"]:
         lines.append("  image: none (prepare's white dummy)")
     elif found["image"]:
         grid = found["image"]["grid"]
-        row, col = max(((r, c) for r in range(len(grid)) for c in range(len(grid[r]))),
-                       key=lambda rc: grid[rc[0]][rc[1]])
-        lines.append(f"  image: strongest region row {row + 1}, column {col + 1} of "
-                     f"{len(grid)}x{len(grid)} ({grid[row][col]:+.3f})")
+        row, col = max(
+            ((r, c) for r in range(len(grid)) for c in range(len(grid[r]))),
+            key=lambda rc: grid[rc[0]][rc[1]],
+        )
+        lines.append(
+            f"  image: strongest region row {row + 1}, column {col + 1} of "
+            f"{len(grid)}x{len(grid)} ({grid[row][col]:+.3f})"
+        )
     return "\n".join(lines)
-

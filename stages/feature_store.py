@@ -11,16 +11,17 @@ values; each shard is embedded in fixed batches and saved as its own file, so:
   N is, so the output does not depend on the number of processes;
 - memory stays flat: feature files are written in row chunks from a few cached shards.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -41,12 +42,15 @@ class Items:
     rows: dict[str, np.ndarray]  # split -> int64 item index per row
 
     def shards(self, shard_size: int) -> list[range]:
-        return [range(s, min(s + shard_size, len(self.values)))
-                for s in range(0, len(self.values), shard_size)]
+        return [
+            range(s, min(s + shard_size, len(self.values)))
+            for s in range(0, len(self.values), shard_size)
+        ]
 
 
-def collect(kind: str, values_by_split: dict[str, list[str]],
-            key_of: Callable[[str], str]) -> Items:
+def collect(
+    kind: str, values_by_split: dict[str, list[str]], key_of: Callable[[str], str]
+) -> Items:
     index: dict[str, int] = {}
     items = Items(kind, [], [], {})
     key_memo: dict[str, str] = {}  # an image path is hashed once however often it is used
@@ -81,7 +85,7 @@ def shard_path(work_dir: Path, kind: str, k: int) -> Path:
 
 def shard_tag(items: Items, span: range, run_key: str) -> str:
     digest = hashlib.sha256(run_key.encode())
-    for key in items.keys[span.start:span.stop]:
+    for key in items.keys[span.start : span.stop]:
         digest.update(key.encode())
     return digest.hexdigest()
 
@@ -99,12 +103,14 @@ def shard_done(path: Path, tag: str) -> bool:
 
 def save_shard(path: Path, embeddings: np.ndarray, tag: str) -> None:
     with atomic_path(path) as tmp:
-        save_file({"embedding": np.ascontiguousarray(embeddings, np.float32)}, tmp,
-                  metadata={"tag": tag})
+        save_file(
+            {"embedding": np.ascontiguousarray(embeddings, np.float32)}, tmp, metadata={"tag": tag}
+        )
 
 
-def pending_shards(items: Items, shard_size: int, run_key: str, work_dir: Path, rank: int,
-                   world: int) -> list[tuple[Path, range, str]]:
+def pending_shards(
+    items: Items, shard_size: int, run_key: str, work_dir: Path, rank: int, world: int
+) -> list[tuple[Path, range, str]]:
     """(file, value range, tag) of this process's shards (every world-th) not yet on disk."""
     todo = []
     for k, span in enumerate(items.shards(shard_size)):
@@ -133,9 +139,12 @@ class ShardReader:
         return out
 
 
-def write_safetensors(target: Path, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],
-                      chunks: Iterable[tuple[int, dict[str, np.ndarray]]],
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    target: Path,
+    shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],
+    chunks: Iterable[tuple[int, dict[str, np.ndarray]]],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write a safetensors file whose tensors arrive as row chunks `(first_row, {name: rows})`.
 
     The header (shapes and offsets) is known up front, so each chunk is written in place and
@@ -145,8 +154,11 @@ def write_safetensors(target: Path, shapes: dict[str, tuple[np.dtype, tuple[int,
     offset = 0
     for name, (dtype, shape) in shapes.items():
         size = np.dtype(dtype).itemsize * math.prod(shape)
-        header[name] = {"dtype": SAFETENSORS_DTYPES[np.dtype(dtype)], "shape": list(shape),
-                        "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[np.dtype(dtype)],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
@@ -169,14 +181,28 @@ def write_safetensors(target: Path, shapes: dict[str, tuple[np.dtype, tuple[int,
             raise RuntimeError(f"{target}: rows not written as expected: {missing}")
 
 
-def write_rows(target: Path, tables: dict[str, tuple[ShardReader, np.ndarray]],
-               columns: dict[str, np.ndarray], chunk: int, metadata: dict[str, str]) -> None:
+def write_rows(
+    target: Path,
+    tables: dict[str, tuple[ShardReader, np.ndarray]],
+    columns: dict[str, np.ndarray],
+    chunk: int,
+    metadata: dict[str, str],
+) -> None:
     """A feature file: per row, the shard rows its item indices point to, plus plain columns."""
     n = len(next(iter(columns.values())))
     shapes = {name: (np.dtype("float32"), (n, reader.dim)) for name, (reader, _) in tables.items()}
     shapes |= {name: (values.dtype, values.shape) for name, values in columns.items()}
-    chunks = ((s, {**{name: reader.rows(index[s:s + chunk]) for name, (reader, index)
-                      in tables.items()},
-                   **{name: values[s:s + chunk] for name, values in columns.items()}})
-              for s in range(0, n, chunk))
+    chunks = (
+        (
+            s,
+            {
+                **{
+                    name: reader.rows(index[s : s + chunk])
+                    for name, (reader, index) in tables.items()
+                },
+                **{name: values[s : s + chunk] for name, values in columns.items()},
+            },
+        )
+        for s in range(0, n, chunk)
+    )
     write_safetensors(target, shapes, chunks, metadata)

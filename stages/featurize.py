@@ -7,6 +7,7 @@ text and image is embedded once, in resumable shards (stages/feature_store.py). 
 --num_processes N`, which is torchrun, on CPU too) each process embeds every N-th shard and the
 output is identical to one process's.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,37 +42,60 @@ def read_split(path: Path, classes: list[str]) -> pd.DataFrame:
     if missing := [c for c in COLUMNS if c not in frame.columns]:
         raise ValueError(f"{path}: missing columns {missing} (expected {COLUMNS})")
     labels = frame["label"].map({name: k for k, name in enumerate(classes)})
-    for bad, problem in ((~frame["id"].str.fullmatch(r"-?\d+"), "id is not an integer"),
-                         (labels.isna(), f"label is not one of {classes}")):
+    for bad, problem in (
+        (~frame["id"].str.fullmatch(r"-?\d+"), "id is not an integer"),
+        (labels.isna(), f"label is not one of {classes}"),
+    ):
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
-            raise ValueError(f"{path} data row {row + 1} (id {frame['id'][row]!r}, "
-                             f"label {frame['label'][row]!r}): {problem}")
+            raise ValueError(
+                f"{path} data row {row + 1} (id {frame['id'][row]!r}, "
+                f"label {frame['label'][row]!r}): {problem}"
+            )
     images = [str(path.parent / p) for p in frame["image_path"]]
     for row, image in enumerate(images):
         if not Path(image).is_file():
             raise FileNotFoundError(f"{path} data row {row + 1}: image {image} does not exist")
-    return pd.DataFrame({"id": frame["id"].astype(np.int64), "text": frame["text"],
-                         "image": images, "label": labels.astype(np.int64)})
+    return pd.DataFrame(
+        {
+            "id": frame["id"].astype(np.int64),
+            "text": frame["text"],
+            "image": images,
+            "label": labels.astype(np.int64),
+        }
+    )
 
 
-def write_features(frames: dict[str, pd.DataFrame], texts: Items, images: Items,
-                   encoder: Encoder, cfg: FeaturizeConfig, work_dir: Path, out_dir: Path,
-                   classes: list[str]) -> dict[str, Any]:
+def write_features(
+    frames: dict[str, pd.DataFrame],
+    texts: Items,
+    images: Items,
+    encoder: Encoder,
+    cfg: FeaturizeConfig,
+    work_dir: Path,
+    out_dir: Path,
+    classes: list[str],
+) -> dict[str, Any]:
     """Each split's file in CSV row order, assembled from the shards; then meta.json."""
     size, fingerprint = cfg.shard_size, encoder.fingerprint()
     text_rows = ShardReader(work_dir, "text", size, encoder.text_dim)
     image_rows = ShardReader(work_dir, "image", size, encoder.image_dim)
     for split, frame in frames.items():
-        write_rows(out_dir / f"{split}.safetensors",
-                   {"text": (text_rows, texts.rows[split]),
-                    "image": (image_rows, images.rows[split])},
-                   {"label": frame["label"].to_numpy(), "id": frame["id"].to_numpy()}, size,
-                   {"encoder": encoder.name, "fingerprint": fingerprint})
-    meta = {"encoder": encoder.name, "model": encoder.model,
-            "dims": {"text": encoder.text_dim, "image": encoder.image_dim},
-            "fingerprint": fingerprint, "classes": classes,
-            "rows": {split: len(frame) for split, frame in frames.items()}}
+        write_rows(
+            out_dir / f"{split}.safetensors",
+            {"text": (text_rows, texts.rows[split]), "image": (image_rows, images.rows[split])},
+            {"label": frame["label"].to_numpy(), "id": frame["id"].to_numpy()},
+            size,
+            {"encoder": encoder.name, "fingerprint": fingerprint},
+        )
+    meta = {
+        "encoder": encoder.name,
+        "model": encoder.model,
+        "dims": {"text": encoder.text_dim, "image": encoder.image_dim},
+        "fingerprint": fingerprint,
+        "classes": classes,
+        "rows": {split: len(frame) for split, frame in frames.items()},
+    }
     write_json(out_dir / "meta.json", meta)
     return meta
 
@@ -87,15 +111,16 @@ def main() -> None:
     frames = {split: read_split(DATASET / name, classes) for split, name in SPLITS.items()}
     start = time.perf_counter()
     encoder = load_encoder(cfg, state.device)
-    texts, images = embed(frames, encoder, cfg, WORK_DIR, state.process_index,
-                          state.num_processes)
+    texts, images = embed(frames, encoder, cfg, WORK_DIR, state.process_index, state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:
         meta = write_features(frames, texts, images, encoder, cfg, WORK_DIR, FEATURES, classes)
         shutil.rmtree(WORK_DIR, ignore_errors=True)
-        print(f"featurize: {encoder.name} ({encoder.model}), dims {meta['dims']}, rows "
-              f"{meta['rows']}, {len(images.values)} distinct images and {len(texts.values)} "
-              f"distinct texts, {time.perf_counter() - start:.1f} s")
+        print(
+            f"featurize: {encoder.name} ({encoder.model}), dims {meta['dims']}, rows "
+            f"{meta['rows']}, {len(images.values)} distinct images and {len(texts.values)} "
+            f"distinct texts, {time.perf_counter() - start:.1f} s"
+        )
 
 
 if __name__ == "__main__":

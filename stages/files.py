@@ -1,12 +1,14 @@
 """Writing outputs so that a killed run never leaves a half-written file that looks done."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextmanager

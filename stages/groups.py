@@ -8,13 +8,15 @@ shared by unrelated posts and would chain them into one giant group, so they nev
 either. imagehash's dhash is used (not a hand-written one) because it is the well-kept
 implementation of the 16x16 difference hash the leakage audit was measured with.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -55,7 +57,7 @@ def near_pairs(hashes: np.ndarray, max_bits: int, chunk: int = 2048) -> list[tup
     bits = signs.shape[1]
     pairs = []
     for start in range(0, n, chunk):
-        block = signs[start:start + chunk]
+        block = signs[start : start + chunk]
         dist = (bits - block @ signs.T) / 2
         rows, cols = np.nonzero(dist <= max_bits + 0.5)
         rows += start
@@ -84,15 +86,22 @@ class _UnionFind:
 
 @dataclass
 class Grouping:
-    group: list[str]                                  # group label per row
+    group: list[str]  # group label per row
     merged: dict[str, int] = field(default_factory=dict)  # unions that joined groups, per relation
     largest: int = 0
     count: int = 0
 
 
-def group_rows(digests: Sequence[str], texts: Sequence[str], events: Sequence[str | None],
-               dummy: str, hashes: dict[str, np.ndarray], max_bits: int, min_words: int,
-               by_event: bool) -> Grouping:
+def group_rows(
+    digests: Sequence[str],
+    texts: Sequence[str],
+    events: Sequence[str | None],
+    dummy: str,
+    hashes: dict[str, np.ndarray],
+    max_bits: int,
+    min_words: int,
+    by_event: bool,
+) -> Grouping:
     """Connected components over the relations in the module docstring. `hashes` maps each
     image digest (but the dummy) to its difference hash; max_bits < 0 turns off near matching."""
     n = len(digests)
@@ -112,8 +121,13 @@ def group_rows(digests: Sequence[str], texts: Sequence[str], events: Sequence[st
     distinct = sorted(d for d in by_digest if d in hashes)
     if max_bits >= 0 and distinct:
         matrix = np.array([hashes[d] for d in distinct])
-        link(([by_digest[distinct[a]][0], by_digest[distinct[b]][0]]
-              for a, b in near_pairs(matrix, max_bits)), "near_duplicate_image")
+        link(
+            (
+                [by_digest[distinct[a]][0], by_digest[distinct[b]][0]]
+                for a, b in near_pairs(matrix, max_bits)
+            ),
+            "near_duplicate_image",
+        )
     by_text: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         norm = normalise_text(text)
@@ -128,12 +142,14 @@ def group_rows(digests: Sequence[str], texts: Sequence[str], events: Sequence[st
         link(by_name.values(), "same_event")
     roots = [uf.find(i) for i in range(n)]
     sizes = Counter(roots)
-    return Grouping([f"g{r}" for r in roots], dict(merged),
-                    max(sizes.values(), default=0), len(sizes))
+    return Grouping(
+        [f"g{r}" for r in roots], dict(merged), max(sizes.values(), default=0), len(sizes)
+    )
 
 
-def audit(rows: pd.DataFrame, hashes: dict[str, np.ndarray], max_bits: int, min_words: int
-          ) -> dict[str, int]:
+def audit(
+    rows: pd.DataFrame, hashes: dict[str, np.ndarray], max_bits: int, min_words: int
+) -> dict[str, int]:
     """What still crosses the split after grouping (0 unless a source's fixed split was kept
     with `split_leaks: keep`): image pairs within `max_bits` (same image included) and
     normalised texts of at least `min_words` words found in two of train/val/test."""
@@ -145,8 +161,10 @@ def audit(rows: pd.DataFrame, hashes: dict[str, np.ndarray], max_bits: int, min_
     crossing = sum(len(s) > 1 for s in sides.values())
     if max_bits >= 0 and distinct:
         matrix = np.array([hashes[d] for d in distinct])
-        crossing += sum(sides[distinct[a]] != sides[distinct[b]] or len(sides[distinct[a]]) > 1
-                        for a, b in near_pairs(matrix, max_bits))
+        crossing += sum(
+            sides[distinct[a]] != sides[distinct[b]] or len(sides[distinct[a]]) > 1
+            for a, b in near_pairs(matrix, max_bits)
+        )
     texts: dict[str, set[str]] = {}
     for text, split in zip(rows["text"], rows["split"]):
         norm = normalise_text(text)

@@ -7,6 +7,7 @@ Pillow's decompression-bomb guard stays on, and its warning level is treated as 
 Only errors that say the file's content is not a usable image become a problem kind; anything
 else (out of memory, an unreadable disk, a bug) raises ImageDecodeError naming the file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,20 +17,35 @@ import shutil
 import struct
 import warnings
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Problems that turn a row's image into the white dummy (each is a recorded repair).
-PROBLEMS = ("no_path", "path_invalid", "path_escape", "missing", "empty", "not_image",
-            "truncated", "bomb", "corrupt")
+PROBLEMS = (
+    "no_path",
+    "path_invalid",
+    "path_escape",
+    "missing",
+    "empty",
+    "not_image",
+    "truncated",
+    "bomb",
+    "corrupt",
+)
 _ORIENTATION = 0x0112  # EXIF tag
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-_EXTENSIONS = {"JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"}, "PNG": {".png"}, "GIF": {".gif"},
-               "WEBP": {".webp"}, "BMP": {".bmp"}, "TIFF": {".tif", ".tiff"}}
+_EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"},
+    "PNG": {".png"},
+    "GIF": {".gif"},
+    "WEBP": {".webp"},
+    "BMP": {".bmp"},
+    "TIFF": {".tif", ".tiff"},
+}
 
 
 # What Pillow raises on malformed data besides its own UnidentifiedImageError and
@@ -64,8 +80,9 @@ def _malformed(exc: BaseException) -> bool:
     where = Path(tb.tb_frame.f_code.co_filename) if tb is not None else Path()
     if not where.is_relative_to(_PILLOW):
         return False
-    return isinstance(exc, _MALFORMED) or (isinstance(exc, _MALFORMED_IN_PLUGIN)
-                                           and where.name.endswith("ImagePlugin.py"))
+    return isinstance(exc, _MALFORMED) or (
+        isinstance(exc, _MALFORMED_IN_PLUGIN) and where.name.endswith("ImagePlugin.py")
+    )
 
 
 class ImagePathError(ValueError):
@@ -76,10 +93,10 @@ class ImagePathError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedImage:
-    image: Image.Image | None      # RGB, longest side <= max_side; None when unusable
-    problem: str | None = None     # one of PROBLEMS when image is None
-    detail: str = ""               # human-readable cause, for logs
-    notes: tuple[str, ...] = ()    # normalisations applied (first_frame, mode_CMYK, ...)
+    image: Image.Image | None  # RGB, longest side <= max_side; None when unusable
+    problem: str | None = None  # one of PROBLEMS when image is None
+    detail: str = ""  # human-readable cause, for logs
+    notes: tuple[str, ...] = ()  # normalisations applied (first_frame, mode_CMYK, ...)
 
 
 def resolve_image_path(image_path: str, root: Path) -> Path:
@@ -194,8 +211,8 @@ def encode_jpeg(image: Image.Image) -> tuple[str, bytes]:
 
 @dataclass(frozen=True)
 class StoredImage:
-    digest: str                    # content hash = file stem
-    problem: str | None            # set when the row gets the white dummy
+    digest: str  # content hash = file stem
+    problem: str | None  # set when the row gets the white dummy
     detail: str = ""
     notes: tuple[str, ...] = ()
 
@@ -240,8 +257,9 @@ class ImageStore:
             if loaded.image is None:
                 self._by_path[path] = StoredImage(self.dummy, loaded.problem, loaded.detail)
             else:
-                self._by_path[path] = StoredImage(self._keep(loaded.image), None,
-                                                  notes=loaded.notes)
+                self._by_path[path] = StoredImage(
+                    self._keep(loaded.image), None, notes=loaded.notes
+                )
         return self._by_path[path]
 
     def distinct(self) -> dict[Path, StoredImage]:

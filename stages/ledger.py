@@ -2,10 +2,11 @@
 `reports/prepare.json`. Each data line of each source has one ledger row with one fate and
 one primary reason, and every count in the summary is computed from the ledger itself, so
 rows in = kept + repaired + dropped and the drop reasons add up to the dropped rows."""
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -14,8 +15,17 @@ from stages.images import ImageStore
 # Kinds that remove a row from every output, in the order that picks a row's primary reason
 # (what was found first while reading wins over what the split did later); any other kind
 # is a repair.
-DROPS = ("blank_row", "malformed_row", "label_unmapped", "split_unknown", "empty_post",
-         "duplicate", "duplicate_conflict", "split_leak", "downsampled")
+DROPS = (
+    "blank_row",
+    "malformed_row",
+    "label_unmapped",
+    "split_unknown",
+    "empty_post",
+    "duplicate",
+    "duplicate_conflict",
+    "split_leak",
+    "downsampled",
+)
 FATES = ("kept", "repaired", "dropped")
 LEDGER_COLUMNS = ["ledger_id", "source", "row_id", "fate", "reason", "details"]
 
@@ -37,10 +47,16 @@ def reason(kinds: list[str]) -> str:
 def ledger(table: pd.DataFrame) -> pd.DataFrame:
     """One line per input row: ledger_id, source, row_id, fate, reason (primary) and details
     (every kind met, ';'-joined, drops first)."""
-    return pd.DataFrame({
-        "ledger_id": table["id"], "source": table["source"], "row_id": table["row_id"],
-        "fate": table["kinds"].map(fate), "reason": table["kinds"].map(reason),
-        "details": table["kinds"].map(_details)})
+    return pd.DataFrame(
+        {
+            "ledger_id": table["id"],
+            "source": table["source"],
+            "row_id": table["row_id"],
+            "fate": table["kinds"].map(fate),
+            "reason": table["kinds"].map(reason),
+            "details": table["kinds"].map(_details),
+        }
+    )
 
 
 def _details(kinds: list[str]) -> str:
@@ -71,9 +87,15 @@ def counts(lines: pd.DataFrame) -> dict:
     }
 
 
-def summary(table: pd.DataFrame, lines: pd.DataFrame, live: pd.DataFrame,
-            outputs: dict[str, pd.DataFrame], classes: list[str], store: ImageStore,
-            written: dict[str, int]) -> dict:
+def summary(
+    table: pd.DataFrame,
+    lines: pd.DataFrame,
+    live: pd.DataFrame,
+    outputs: dict[str, pd.DataFrame],
+    classes: list[str],
+    store: ImageStore,
+    written: dict[str, int],
+) -> dict:
     """reports/prepare.json (DVC metrics): the ledger's counts, cleaning steps (rows changed),
     images, and classes per split and per output file."""
     distinct = store.distinct().values()
@@ -86,7 +108,8 @@ def summary(table: pd.DataFrame, lines: pd.DataFrame, live: pd.DataFrame,
             "normalised": dict(sorted(Counter(n for s in distinct for n in s.notes).items())),
             "written": written,
         },
-        "splits": {s: _per_class(live[live["split"] == s], classes)
-                   for s in ("train", "val", "test")}
+        "splits": {
+            s: _per_class(live[live["split"] == s], classes) for s in ("train", "val", "test")
+        }
         | {name: _per_class(frame, classes) for name, frame in outputs.items()},
     }

@@ -1,5 +1,6 @@
 """The training loss: per-class weights from params (`weights`: auto | manual | none) and a
 label-smoothed cross-entropy that applies them per row."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,13 @@ from stages.params import ParamsError
 WEIGHT_MODES = ("auto", "manual", "none")
 
 
-def class_weights(mode: str, labels: np.ndarray, classes: list[str],
-                  manual: dict[str, Any] | None = None, power: float = 1.0) -> np.ndarray:
+def class_weights(
+    mode: str,
+    labels: np.ndarray,
+    classes: list[str],
+    manual: dict[str, Any] | None = None,
+    power: float = 1.0,
+) -> np.ndarray:
     """Loss weight per class: auto = inverse frequency ("balanced") raised to `power`
     (1: fully balanced, 0.5: square root, which tempers a weight of ~100 for a class of 21
     rows to ~10), manual = given, none = 1."""
@@ -23,22 +29,34 @@ def class_weights(mode: str, labels: np.ndarray, classes: list[str],
     if mode == "auto":
         missing = sorted(set(range(len(classes))) - set(np.unique(labels).tolist()))
         if missing:
-            raise ValueError("weights=auto: no training rows for "
-                             f"{[classes[i] for i in missing]}; inverse frequency is undefined")
+            raise ValueError(
+                "weights=auto: no training rows for "
+                f"{[classes[i] for i in missing]}; inverse frequency is undefined"
+            )
         if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 1:
-            raise ParamsError(f"params.yaml: train.auto_weight_power={power!r} must be a number "
-                              "in [0, 1]")
-        return compute_class_weight("balanced", classes=np.arange(len(classes)),
-                                    y=labels) ** float(power)
+            raise ParamsError(
+                f"params.yaml: train.auto_weight_power={power!r} must be a number in [0, 1]"
+            )
+        return compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels) ** float(
+            power
+        )
     if mode == "manual":
         manual = manual or {}
         unknown = sorted(set(manual) - set(classes))
         missing = [c for c in classes if c not in manual]
         if unknown or missing:
-            raise ParamsError(f"params.yaml: manual_weights must give exactly the classes "
-                              f"{classes}; missing {missing}, unknown {unknown}")
-        bad = {c: v for c, v in manual.items() if isinstance(v, bool)
-               or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0}
+            raise ParamsError(
+                f"params.yaml: manual_weights must give exactly the classes "
+                f"{classes}; missing {missing}, unknown {unknown}"
+            )
+        bad = {
+            c: v
+            for c, v in manual.items()
+            if isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not np.isfinite(v)
+            or v <= 0
+        }
         if bad:
             raise ParamsError(f"params.yaml: manual_weights must be positive numbers: {bad}")
         return np.array([float(manual[c]) for c in classes])

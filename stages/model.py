@@ -4,6 +4,7 @@
 alone turns raw encoder features into logits; `models/model.json` holds what is needed to
 rebuild the module (architecture, classes) and what the run used (encoder, class weights).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,15 @@ class FusionMLP(nn.Module):
     input there is nothing to gate, so the fusion is recorded as concat).
     """
 
-    def __init__(self, dims: dict[str, int], n_classes: int, modality: str = "both",
-                 fusion: str = "concat", hidden: list[int] | tuple[int, int] = (512, 128),
-                 dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        dims: dict[str, int],
+        n_classes: int,
+        modality: str = "both",
+        fusion: str = "concat",
+        hidden: list[int] | tuple[int, int] = (512, 128),
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is not one of {', '.join(FUSIONS)}")
@@ -53,9 +60,14 @@ class FusionMLP(nn.Module):
             raise ValueError(f"hidden must list two layer sizes, got {list(hidden)}")
         self.inputs = used_inputs(modality)
         self.fusion = fusion if len(self.inputs) == 2 else "concat"
-        self.config = {"dims": {k: int(dims[k]) for k in ("text", "image")},
-                       "n_classes": int(n_classes), "modality": modality, "fusion": self.fusion,
-                       "hidden": [int(h) for h in hidden], "dropout": float(dropout)}
+        self.config = {
+            "dims": {k: int(dims[k]) for k in ("text", "image")},
+            "n_classes": int(n_classes),
+            "modality": modality,
+            "fusion": self.fusion,
+            "hidden": [int(h) for h in hidden],
+            "dropout": float(dropout),
+        }
         for name in self.inputs:
             self.register_buffer(f"{name}_mean", torch.zeros(dims[name]))
             self.register_buffer(f"{name}_std", torch.ones(dims[name]))
@@ -69,9 +81,15 @@ class FusionMLP(nn.Module):
             first: nn.Module = nn.Identity()
         else:
             first = nn.Linear(sum(dims[k] for k in self.inputs), h1)
-        self.head = nn.Sequential(first, nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(h1, h2), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(h2, n_classes))
+        self.head = nn.Sequential(
+            first,
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(h1, h2),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(h2, n_classes),
+        )
 
     def set_standardisation(self, features: dict[str, torch.Tensor]) -> None:
         """Store mean/std of each used modality (call with the training split only)."""
@@ -82,14 +100,17 @@ class FusionMLP(nn.Module):
             getattr(self, f"{name}_mean").copy_(x.mean(dim=0).float())
             getattr(self, f"{name}_std").copy_(std.float())
 
-    def forward(self, text: torch.Tensor | None = None,
-                image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, text: torch.Tensor | None = None, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
         given = {"text": text, "image": image}
         xs = []
         for name in self.inputs:
             if given[name] is None:
-                raise ValueError(f"model uses modality {self.config['modality']!r}: "
-                                 f"'{name}' features are required")
+                raise ValueError(
+                    f"model uses modality {self.config['modality']!r}: "
+                    f"'{name}' features are required"
+                )
             xs.append((given[name] - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std"))
         if self.fusion == "gated":
             g = torch.sigmoid(self.gate(torch.cat(xs, dim=1)))
@@ -118,26 +139,33 @@ class EnsembleMLP(nn.Module):
         self.register_buffer("temperature", torch.tensor(1.0))
 
     @classmethod
-    def of(cls, members: list[FusionMLP]) -> "EnsembleMLP":
+    def of(cls, members: list[FusionMLP]) -> EnsembleMLP:
         ensemble = cls({**members[0].config, "members": len(members)})
         ensemble.members.load_state_dict(nn.ModuleList(members).state_dict())
         for name in ensemble.inputs:
             for stat in ("mean", "std"):
-                getattr(ensemble, f"{name}_{stat}").copy_(torch.stack(
-                    [getattr(m, f"{name}_{stat}") for m in members]).mean(dim=0))
+                getattr(ensemble, f"{name}_{stat}").copy_(
+                    torch.stack([getattr(m, f"{name}_{stat}") for m in members]).mean(dim=0)
+                )
         return ensemble.eval()
 
-    def forward(self, text: torch.Tensor | None = None,
-                image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, text: torch.Tensor | None = None, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return torch.stack([m(text, image) for m in self.members]).mean(dim=0)
 
 
-FEATURE_KEYS = {"text": torch.float32, "image": torch.float32,
-                "label": torch.int64, "id": torch.int64}
+FEATURE_KEYS = {
+    "text": torch.float32,
+    "image": torch.float32,
+    "label": torch.int64,
+    "id": torch.int64,
+}
 
 
-def read_features(path: Path, n_classes: int | None = None,
-                  dims: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+def read_features(
+    path: Path, n_classes: int | None = None, dims: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
     """One split written by featurize (`text`, `image`, `label`, `id`), checked against the
     contract in docs/DESIGN.md (and `meta.json`'s class count and dims when given), so that
     a malformed file fails here, naming the problem."""
@@ -154,18 +182,27 @@ def read_features(path: Path, n_classes: int | None = None,
     for key in FEATURE_KEYS:
         expected_ndim = 2 if key in ("text", "image") else 1
         if tensors[key].ndim != expected_ndim or len(tensors[key]) != n:
-            raise ValueError(f"{path}: '{key}' has shape {tuple(tensors[key].shape)}; "
-                             f"expected {n} rows and {expected_ndim} dimension(s)")
+            raise ValueError(
+                f"{path}: '{key}' has shape {tuple(tensors[key].shape)}; "
+                f"expected {n} rows and {expected_ndim} dimension(s)"
+            )
     for key in ("text", "image"):
         if dims is not None and tensors[key].shape[1] != dims[key]:
-            raise ValueError(f"{path}: '{key}' is {tensors[key].shape[1]}-d but meta.json "
-                             f"says {dims[key]}; re-run featurize")
+            raise ValueError(
+                f"{path}: '{key}' is {tensors[key].shape[1]}-d but meta.json "
+                f"says {dims[key]}; re-run featurize"
+            )
         if not torch.isfinite(tensors[key]).all():
             bad = int((~torch.isfinite(tensors[key])).any(dim=1).nonzero()[0])
-            raise ValueError(f"{path}: '{key}' has NaN/inf values (first at row {bad}, "
-                             f"id {int(tensors['id'][bad])})")
-    if n_classes is not None and n and not (0 <= int(tensors["label"].min())
-                                            and int(tensors["label"].max()) < n_classes):
+            raise ValueError(
+                f"{path}: '{key}' has NaN/inf values (first at row {bad}, "
+                f"id {int(tensors['id'][bad])})"
+            )
+    if (
+        n_classes is not None
+        and n
+        and not (0 <= int(tensors["label"].min()) and int(tensors["label"].max()) < n_classes)
+    ):
         raise ValueError(f"{path}: labels outside 0..{n_classes - 1}")
     return tensors
 
@@ -176,27 +213,39 @@ def read_input_settings(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run the prepare stage first)")
     settings = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(settings, dict) or set(settings) != set(INPUT_KEYS) or any(
-            type(settings[k]) is not kind for k, kind in INPUT_KEYS.items()):
+    if (
+        not isinstance(settings, dict)
+        or set(settings) != set(INPUT_KEYS)
+        or any(type(settings[k]) is not kind for k, kind in INPUT_KEYS.items())
+    ):
         wanted = {k: kind.__name__ for k, kind in INPUT_KEYS.items()}
-        raise ValueError(f"{path}: expected the keys and types {wanted}, got {settings!r}; "
-                         "re-run prepare")
+        raise ValueError(
+            f"{path}: expected the keys and types {wanted}, got {settings!r}; re-run prepare"
+        )
     return settings
 
 
 def feature_mismatch(model_meta: dict[str, Any], features_meta: dict[str, Any]) -> list[str]:
     """What differs between the features a model was trained on (model.json) and other
     features (a meta.json): classes, encoder, its fingerprint, dims; empty when they agree."""
-    return [f"{key}: model {model_meta.get(key)!r}, features {features_meta.get(key)!r}"
-            for key in ("classes", "encoder", "fingerprint", "dims")
-            if model_meta.get(key) != features_meta.get(key)]
+    return [
+        f"{key}: model {model_meta.get(key)!r}, features {features_meta.get(key)!r}"
+        for key in ("classes", "encoder", "fingerprint", "dims")
+        if model_meta.get(key) != features_meta.get(key)
+    ]
 
 
 def build_model(config: dict[str, Any]) -> FusionMLP | EnsembleMLP:
     if config.get("members"):
         return EnsembleMLP(config)
-    return FusionMLP(config["dims"], config["n_classes"], config["modality"], config["fusion"],
-                     config["hidden"], config["dropout"])
+    return FusionMLP(
+        config["dims"],
+        config["n_classes"],
+        config["modality"],
+        config["fusion"],
+        config["hidden"],
+        config["dropout"],
+    )
 
 
 def save_model(directory: Path, module: nn.Module, meta: dict[str, Any]) -> None:
@@ -230,9 +279,13 @@ def load_model(directory: Path) -> tuple[FusionMLP, dict[str, Any]]:
 
 
 @torch.no_grad()
-def predict_proba(module: FusionMLP, text: np.ndarray | torch.Tensor | None,
-                  image: np.ndarray | torch.Tensor | None,
-                  batch_size: int = 4096, calibrated: bool = True) -> np.ndarray:
+def predict_proba(
+    module: FusionMLP,
+    text: np.ndarray | torch.Tensor | None,
+    image: np.ndarray | torch.Tensor | None,
+    batch_size: int = 4096,
+    calibrated: bool = True,
+) -> np.ndarray:
     """Class probabilities [N, n_classes] (float64, rows sum to 1) for raw encoder features:
     softmax of the logits divided by the module's fitted temperature (calibrated=False: by 1).
 
@@ -244,12 +297,15 @@ def predict_proba(module: FusionMLP, text: np.ndarray | torch.Tensor | None,
     tensors: dict[str, torch.Tensor] = {}
     for name in module.inputs:
         if given[name] is None:
-            raise ValueError(f"model uses modality {module.config['modality']!r}: "
-                             f"'{name}' features are required")
+            raise ValueError(
+                f"model uses modality {module.config['modality']!r}: '{name}' features are required"
+            )
         tensors[name] = torch.as_tensor(given[name], dtype=torch.float32)
         if tensors[name].ndim != 2 or tensors[name].shape[1] != module.config["dims"][name]:
-            raise ValueError(f"'{name}' features have shape {tuple(tensors[name].shape)}; the "
-                             f"model expects [N, {module.config['dims'][name]}]")
+            raise ValueError(
+                f"'{name}' features have shape {tuple(tensors[name].shape)}; the "
+                f"model expects [N, {module.config['dims'][name]}]"
+            )
     sizes = {name: len(t) for name, t in tensors.items()}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"text and image features differ in row count: {sizes}")
@@ -257,6 +313,6 @@ def predict_proba(module: FusionMLP, text: np.ndarray | torch.Tensor | None,
     temperature = module.temperature.double() if calibrated else 1.0
     out = [torch.zeros((0, module.config["n_classes"]), dtype=torch.float64)]
     for start in range(0, n, batch_size):
-        chunk = {k: t[start:start + batch_size].to(device) for k, t in tensors.items()}
+        chunk = {k: t[start : start + batch_size].to(device) for k, t in tensors.items()}
         out.append(torch.softmax(module(**chunk).double() / temperature, dim=1).cpu())
     return torch.cat(out).numpy()

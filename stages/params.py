@@ -1,5 +1,6 @@
 """Reading params.yaml: one loader, so every stage sees the same file the same way (stages/config.py
 turns its sections into typed configs)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ models/model.json: params.yaml's prepare block is not read).
   python -m stages.predict --text "Family trapped on a roof, send a boat" [--image photo.jpg]
   python -m stages.predict --csv posts.csv --out predictions.csv   # columns text,image_path[,label]
 """
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,11 @@ from stages import config, csvsafe
 from stages.config import FeaturizeConfig
 from stages.embedding import embed
 from stages.encoders import Encoder, EncoderError, load_encoder, load_rgb
+from stages.explain_page import describe
 from stages.feature_store import ShardReader
 from stages.images import ImageDecodeError, ImageStore
 from stages.model import INPUT_KEYS, META_FILE, FusionMLP, load_model, predict_proba
 from stages.params import ParamsError
-from stages.explain_page import describe
 from stages.report import report_csv
 from stages.text import clean_text
 
@@ -35,33 +36,46 @@ class PredictError(ValueError):
     """No trained model, an encoder other than the model's, or an unusable input file."""
 
 
-def load_predictor(cfg: FeaturizeConfig, model_dir: Path
-                   ) -> tuple[FusionMLP, dict[str, Any], Encoder]:
+def load_predictor(
+    cfg: FeaturizeConfig, model_dir: Path
+) -> tuple[FusionMLP, dict[str, Any], Encoder]:
     """The trained model, its model.json, and the encoder it was trained with."""
     meta_path = model_dir / META_FILE
     if not meta_path.is_file():
-        raise PredictError(f"{meta_path} not found: no trained model; run `dvc repro` in the "
-                           "repository root first (or point --model-dir at a trained model)")
+        raise PredictError(
+            f"{meta_path} not found: no trained model; run `dvc repro` in the "
+            "repository root first (or point --model-dir at a trained model)"
+        )
     module, meta = load_model(model_dir)
     recorded = meta.get("input")
     if not isinstance(recorded, dict) or set(recorded) != set(INPUT_KEYS):
-        raise PredictError(f"{meta_path} does not record the input settings it was trained with "
-                           f"(an 'input' block with {list(INPUT_KEYS)}); retrain with `dvc repro`")
+        raise PredictError(
+            f"{meta_path} does not record the input settings it was trained with "
+            f"(an 'input' block with {list(INPUT_KEYS)}); retrain with `dvc repro`"
+        )
     trained = (meta.get("encoder"), meta.get("fingerprint"))
     # Another backend is refused before it loads; the same one is built to compare fingerprints.
     encoder = load_encoder(cfg) if cfg.encoder == trained[0] else None
     built = (encoder.name, encoder.fingerprint()) if encoder else (cfg.encoder, "-")
     if built != trained:
-        raise PredictError(f"encoder mismatch: {meta_path} was trained with {trained[0]!r} "
-                           f"(fingerprint {str(trained[1])[:12]}), params.yaml's featurize block "
-                           f"gives {built[0]!r} (fingerprint {built[1][:12]}); restore those "
-                           "settings or retrain with `dvc repro`")
+        raise PredictError(
+            f"encoder mismatch: {meta_path} was trained with {trained[0]!r} "
+            f"(fingerprint {str(trained[1])[:12]}), params.yaml's featurize block "
+            f"gives {built[0]!r} (fingerprint {built[1][:12]}); restore those "
+            "settings or retrain with `dvc repro`"
+        )
     return module, meta, encoder
 
 
-def classify(posts: pd.DataFrame, image_root: Path, module: FusionMLP, encoder: Encoder,
-             cfg: FeaturizeConfig, model_meta: dict[str, Any],
-             explain: config.ExplainConfig | None = None) -> pd.DataFrame:
+def classify(
+    posts: pd.DataFrame,
+    image_root: Path,
+    module: FusionMLP,
+    encoder: Encoder,
+    cfg: FeaturizeConfig,
+    model_meta: dict[str, Any],
+    explain: config.ExplainConfig | None = None,
+) -> pd.DataFrame:
     """`posts` + image_status, predicted, prob_<class>: each text and image (under image_root)
     cleaned and stored as prepare did for the model's training data (model.json's `input`:
     white dummy if unusable), embedded as featurize does. With `explain`, also `explanation`:
@@ -70,8 +84,12 @@ def classify(posts: pd.DataFrame, image_root: Path, module: FusionMLP, encoder: 
     with tempfile.TemporaryDirectory(prefix="crisis-mm-predict-") as work:
         store = ImageStore(Path(work) / "images", prep["max_side"], prep["dummy_size"])
         stored = [store.get([path], image_root) for path in posts["image_path"]]
-        frame = pd.DataFrame({"text": [clean_text(t, prep["strip_urls"]) for t in posts["text"]],
-                              "image": [f"{store.staging}/{s.digest}.jpg" for s in stored]})
+        frame = pd.DataFrame(
+            {
+                "text": [clean_text(t, prep["strip_urls"]) for t in posts["text"]],
+                "image": [f"{store.staging}/{s.digest}.jpg" for s in stored],
+            }
+        )
         shards, size = Path(work) / "shards", cfg.shard_size
         texts, images = embed({"posts": frame}, encoder, cfg, shards)
         text = ShardReader(shards, "text", size, encoder.text_dim).rows(texts.rows["posts"])
@@ -114,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-root", type=Path, help="root of image_path (default: CSV's)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
-    parser.add_argument("--explain", action="store_true",
-                        help="also say which words and image regions drove each prediction")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also say which words and image regions drove each prediction",
+    )
     args = parser.parse_args(argv)
     if (args.csv is None) != (args.out is None) or (args.image if args.csv else args.image_root):
         parser.error("--csv needs --out and may take --image-root; --text may take --image")
@@ -135,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.csv:
         csvsafe.write_csv(result, args.out)
         return report_csv(result, list(meta["classes"]), args.out)
-    print(f"predicted: {result['predicted'][0]}",
-          *(f"  {name:<16}{result[f'prob_{name}'][0]:.4f}" for name in meta["classes"]), sep="\n")
+    print(
+        f"predicted: {result['predicted'][0]}",
+        *(f"  {name:<16}{result[f'prob_{name}'][0]:.4f}" for name in meta["classes"]),
+        sep="\n",
+    )
     status = result["image_status"][0]
     print(f"image: {status}" + ("" if status == "ok" else " (no usable image: prepare's dummy)"))
     if args.explain:

@@ -1,6 +1,7 @@
 """Prepare stage: read the sources, clean texts, normalise images (white dummy when unusable),
 drop duplicates, group posts that must not be split (same or near-duplicate image, same
 text, optionally same event), split by groups, balance, and account for every input row."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages import config, csvsafe, groups as grouping, ledger, split as splitting, tracking
+from stages import config, csvsafe, ledger, tracking
+from stages import groups as grouping
+from stages import split as splitting
 from stages.files import write_json
 from stages.images import ImageDecodeError, ImageStore
 from stages.params import ParamsError
@@ -35,9 +38,18 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
     the repair/drop kinds met ('kinds') and routine cleaning steps ('cleaning')."""
     rows, seen = [], {}
     for ledger_id, rec in enumerate(tqdm(records, desc="prepare", unit="row"), start=1):
-        row = dict(id=ledger_id, source=rec.source, row_id=rec.row_id, label=rec.label, text="",
-                   split=rec.split, event=rec.event, digest="", kinds=list(rec.issues),
-                   cleaning=[])
+        row = dict(
+            id=ledger_id,
+            source=rec.source,
+            row_id=rec.row_id,
+            label=rec.label,
+            text="",
+            split=rec.split,
+            event=rec.event,
+            digest="",
+            kinds=list(rec.issues),
+            cleaning=[],
+        )
         rows.append(row)
         if ledger.is_dropped(row["kinds"]):
             continue
@@ -56,26 +68,41 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
     return pd.DataFrame(rows)
 
 
-def split_rows(table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfig,
-               store: ImageStore
-               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+def split_rows(
+    table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfig, store: ImageStore
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
     """Surviving rows with their split and image_path, the output tables by file stem, and
     the grouping report. Marks rows dropped by the split or by balancing in `table`."""
     live = table[~table["kinds"].map(ledger.is_dropped)].copy()
     if live.empty:
         raise PrepareError("no rows left after reading and cleaning (see the ledger)")
     seed = cfg.seed
-    hashes = {d: grouping.image_hash(store.staging / f"{d}.jpg")
-              for d in sorted(set(live["digest"]) - {store.dummy})}
-    groups = grouping.group_rows(live["digest"].tolist(), live["text"].tolist(),
-                                 live["event"].tolist(), store.dummy, hashes,
-                                 cfg.near_duplicate_bits, cfg.min_shared_words,
-                                 cfg.group_by == "event")
+    hashes = {
+        d: grouping.image_hash(store.staging / f"{d}.jpg")
+        for d in sorted(set(live["digest"]) - {store.dummy})
+    }
+    groups = grouping.group_rows(
+        live["digest"].tolist(),
+        live["text"].tolist(),
+        live["event"].tolist(),
+        store.dummy,
+        hashes,
+        cfg.near_duplicate_bits,
+        cfg.min_shared_words,
+        cfg.group_by == "event",
+    )
     live["group"] = groups.group
     held = live["event"].isin(cfg.test_events).to_numpy() if cfg.test_events else None
-    split, leaked = splitting.assign_splits(live["label"], live["group"], live["split"],
-                                            cfg.test_size, cfg.val_size, seed, cfg.split_leaks,
-                                            held)
+    split, leaked = splitting.assign_splits(
+        live["label"],
+        live["group"],
+        live["split"],
+        cfg.test_size,
+        cfg.val_size,
+        seed,
+        cfg.split_leaks,
+        held,
+    )
     live["split"] = split
     _mark(table, live.loc[leaked, "id"], "split_leak")
     live = live[~leaked]
@@ -83,14 +110,24 @@ def split_rows(table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfi
     live["image_path"] = folder + live["digest"] + ".jpg"
     out = splitting.outputs(live, classes, cfg.balance, cfg.per_class_small, seed)
     if empty := [name for name, frame in out.items() if frame.empty]:
-        raise PrepareError(f"{', '.join(empty)} would be empty: {len(live)} rows in "
-                           f"{live['group'].nunique()} groups are too few to split")
+        raise PrepareError(
+            f"{', '.join(empty)} would be empty: {len(live)} rows in "
+            f"{live['group'].nunique()} groups are too few to split"
+        )
     used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
     _mark(table, live.loc[~live["id"].isin(used), "id"], "downsampled")
     audit = grouping.audit(live, hashes, cfg.near_duplicate_bits, cfg.min_shared_words)
-    return live, out, {"count": groups.count, "largest": groups.largest,
-                       "merged_by": groups.merged, "shares": splitting.shares(live, classes),
-                       "across_splits": audit}
+    return (
+        live,
+        out,
+        {
+            "count": groups.count,
+            "largest": groups.largest,
+            "merged_by": groups.merged,
+            "shares": splitting.shares(live, classes),
+            "across_splits": audit,
+        },
+    )
 
 
 def _mark(table: pd.DataFrame, ids: pd.Series, kind: str) -> None:
@@ -111,9 +148,10 @@ def run(params_file: Path) -> dict[str, Any]:
         table = clean_rows(records, store, cfg.strip_urls)
         live, out, groups = split_rows(table, classes, cfg, store)
         train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
-        written = {"images_train": store.export(DATASET / "images_train", train_digests),
-                   "images_test": store.export(DATASET / "images_test",
-                                               out["test_balanced"]["digest"])}
+        written = {
+            "images_train": store.export(DATASET / "images_train", train_digests),
+            "images_test": store.export(DATASET / "images_test", out["test_balanced"]["digest"]),
+        }
     write_json(DATASET / "classes.json", classes)
     # What shapes a model's input: predict reads it back through model.json, not params.yaml.
     write_json(DATASET / "input.json", {key: getattr(cfg, key) for key in INPUT_KEYS})
@@ -134,13 +172,20 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         report = run(args.params)
-    except (ParamsError, SourceError, PrepareError, tracking.UntrackedError,
-            ImageDecodeError) as exc:
+    except (
+        ParamsError,
+        SourceError,
+        PrepareError,
+        tracking.UntrackedError,
+        ImageDecodeError,
+    ) as exc:
         raise SystemExit(f"prepare: error: {exc}") from None
     except OSError as exc:  # a full disk, an unwritable dataset/: name the file
         raise SystemExit(f"prepare: error: {exc.filename or ''}: {exc.strerror or exc}") from None
-    print(f"prepare: {report['rows']} in {time.perf_counter() - started:.1f}s; "
-          f"rows out: {report['outputs']}")
+    print(
+        f"prepare: {report['rows']} in {time.perf_counter() - started:.1f}s; "
+        f"rows out: {report['outputs']}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The life cycle of a stage run under `accelerate launch` / torchrun (one process otherwise):
 every rank works, the main rank alone writes, and all of them leave together."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextmanager

@@ -12,6 +12,7 @@ Formats:
 Every data row becomes a `Record`, also the broken ones (with an issue that drops them), so the
 ledger can account for each line. Problems with the file itself raise `SourceError`.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -19,9 +20,10 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from stages.params import ParamsError
 from stages.text import restore_undecodable
@@ -53,8 +55,11 @@ DEFAULT_LABEL_MAPS: dict[str, dict[str, str]] = {
 _COLUMNS = {
     "csv": (("text",), ("image_path",), ("id", "post_id")),
     "crisismmd": (("tweet_text",), ("image",), ("image_id", "tweet_id")),
-    "mediaeval": (("post_text", "tweetText"), ("image_id(s)", "image_id", "imageId(s)"),
-                  ("post_id", "tweetId")),
+    "mediaeval": (
+        ("post_text", "tweetText"),
+        ("image_id(s)", "image_id", "imageId(s)"),
+        ("post_id", "tweetId"),
+    ),
 }
 
 
@@ -70,7 +75,7 @@ class Source:
     image_root: Path
     label_map: dict[str, str]
     label_column: str = "label"
-    split: str | None = None       # train / val / test for every row, or None
+    split: str | None = None  # train / val / test for every row, or None
 
 
 @dataclass
@@ -78,12 +83,12 @@ class Record:
     source: str
     row_id: str
     text: str
-    images: tuple[str, ...]        # candidate paths under image_root, first usable one wins
+    images: tuple[str, ...]  # candidate paths under image_root, first usable one wins
     image_root: Path
-    label: str | None              # class after the label map; None when unmapped
-    split: str | None              # train / val / test from the source, None: prepare splits
+    label: str | None  # class after the label map; None when unmapped
+    split: str | None  # train / val / test from the source, None: prepare splits
     issues: list[str] = field(default_factory=list)  # drop/repair kinds found while reading
-    event: str | None = None       # the disaster the post is about, when the source says
+    event: str | None = None  # the disaster the post is about, when the source says
 
 
 def parse_sources(entries: Sequence[Any], classes: Sequence[str]) -> list[Source]:
@@ -96,8 +101,9 @@ def parse_sources(entries: Sequence[Any], classes: Sequence[str]) -> list[Source
         if not isinstance(entry, dict) or "path" not in entry:
             raise ParamsError(f"{where}: each source needs at least a 'path'")
         if unknown := set(entry) - SOURCE_KEYS:
-            raise ParamsError(f"{where}: unknown key(s) {sorted(unknown)}; "
-                              f"allowed: {sorted(SOURCE_KEYS)}")
+            raise ParamsError(
+                f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SOURCE_KEYS)}"
+            )
         path = Path(str(entry["path"]))
         fmt = entry.get("format", "csv")
         if fmt not in FORMATS:
@@ -110,9 +116,17 @@ def parse_sources(entries: Sequence[Any], classes: Sequence[str]) -> list[Source
         if split is not None and split not in SPLITS:
             raise ParamsError(f"{where} ({name}): split {split!r} is not one of {list(SPLITS)}")
         label_map = _label_map(entry.get("label_map"), fmt, classes, f"{where} ({name})")
-        sources.append(Source(name, path, fmt, Path(str(entry.get("image_root", path.parent))),
-                              label_map, str(entry.get("label_column", "label")),
-                              SPLITS[split] if split else None))
+        sources.append(
+            Source(
+                name,
+                path,
+                fmt,
+                Path(str(entry.get("image_root", path.parent))),
+                label_map,
+                str(entry.get("label_column", "label")),
+                SPLITS[split] if split else None,
+            )
+        )
     return sources
 
 
@@ -149,8 +163,9 @@ def _decode_file(path: Path) -> str:
 def _rows(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
     """Header and (first line, last line, fields) for each data row; [] for a blank one."""
     text = _decode_file(path)
-    options: dict[str, Any] = {"delimiter": ","} if fmt == "csv" else {
-        "delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    options: dict[str, Any] = (
+        {"delimiter": ","} if fmt == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    )
     reader = csv.reader(io.StringIO(text, newline=""), **options)
     rows, header, start = [], None, 1
     limit = csv.field_size_limit()
@@ -175,15 +190,18 @@ def _rows(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, int, list[st
     return header, rows
 
 
-def _pick(header: list[str], choices: tuple[str, ...], path: Path, fmt: str,
-          required: bool = True) -> int | None:
+def _pick(
+    header: list[str], choices: tuple[str, ...], path: Path, fmt: str, required: bool = True
+) -> int | None:
     for name in choices:
         if name in header:
             return header.index(name)
     if required:
         shown = ", ".join(repr(h[:40]) for h in header[:12])
-        raise SourceError(f"{path}: missing column {' or '.join(map(repr, choices))} "
-                          f"for format {fmt!r} (found: {shown})")
+        raise SourceError(
+            f"{path}: missing column {' or '.join(map(repr, choices))} "
+            f"for format {fmt!r} (found: {shown})"
+        )
     return None
 
 
@@ -213,18 +231,37 @@ def read_source(source: Source) -> list[Record]:
     records, seen_labels, seen_mapped = [], set(), False
     for number, (first, last, fields) in enumerate(rows, start=1):
         if not fields:
-            records.append(Record(source.name, str(number), "", (), source.image_root, None,
-                                  None, ["blank_row"]))
+            records.append(
+                Record(
+                    source.name, str(number), "", (), source.image_root, None, None, ["blank_row"]
+                )
+            )
             continue
         if len(fields) != len(header):
             if last > first:
                 raise SourceError(
                     f"{path}: lines {first}-{last}: an unclosed quote joins {last - first + 1} "
-                    f"lines into one row of {len(fields)} fields (header has {len(header)})")
-            log.warning("%s: line %d: %d fields, the header has %d; row dropped",
-                        path, first, len(fields), len(header))
-            records.append(Record(source.name, str(number), "", (), source.image_root, None,
-                                  None, ["malformed_row"]))
+                    f"lines into one row of {len(fields)} fields (header has {len(header)})"
+                )
+            log.warning(
+                "%s: line %d: %d fields, the header has %d; row dropped",
+                path,
+                first,
+                len(fields),
+                len(header),
+            )
+            records.append(
+                Record(
+                    source.name,
+                    str(number),
+                    "",
+                    (),
+                    source.image_root,
+                    None,
+                    None,
+                    ["malformed_row"],
+                )
+            )
             continue
         issues = []
         values = []
@@ -254,10 +291,23 @@ def read_source(source: Source) -> list[Record]:
         else:
             images = (values[i_image].strip(),)
             event = (values[i_event].strip() or None) if i_event is not None else None
-        records.append(Record(source.name, row_id, values[i_text], images, source.image_root,
-                              label, split, issues, event))
+        records.append(
+            Record(
+                source.name,
+                row_id,
+                values[i_text],
+                images,
+                source.image_root,
+                label,
+                split,
+                issues,
+                event,
+            )
+        )
     if records and not seen_mapped and seen_labels:
-        raise SourceError(f"{path}: none of its labels {sorted(seen_labels)[:10]} maps to a class "
-                          f"in {list(dict.fromkeys(source.label_map.values()))}; set label_map "
-                          f"or classes in params.yaml")
+        raise SourceError(
+            f"{path}: none of its labels {sorted(seen_labels)[:10]} maps to a class "
+            f"in {list(dict.fromkeys(source.label_map.values()))}; set label_map "
+            f"or classes in params.yaml"
+        )
     return records

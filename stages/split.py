@@ -1,10 +1,11 @@
 """Splitting and balancing for the prepare stage: grouped (no group of stages.groups on two
 sides), stratified by class, seeded; plus the per-class subsets and the round-robin order of
 the `_100` files."""
+
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,9 @@ LEAK_MODES = ("drop", "keep")
 SPLIT_ORDER = ("train", "val", "test")
 
 
-def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: int,
-            tries: int = 64) -> np.ndarray:
+def holdout(
+    labels: Sequence[str], groups: Sequence[str], share: float, seed: int, tries: int = 64
+) -> np.ndarray:
     """Mask of rows held out: whole groups, as close to `share` of the rows of every class as
     the groups allow (any share in (0, 1), not rounded to 1/k folds).
 
@@ -48,8 +50,10 @@ def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: in
     for _ in range(max(tries, 1)):
         taken, cost = _greedy(counts, target, rng.permutation(len(group_ids)))
         have = counts[taken].sum(axis=0)
-        if abs(have.sum() - target.sum()) <= 0.01 * totals.sum() and (
-                np.abs(have - target) <= slack).all():
+        if (
+            abs(have.sum() - target.sum()) <= 0.01 * totals.sum()
+            and (np.abs(have - target) <= slack).all()
+        ):
             return taken[row_group]
         if cost < best_cost:
             best, best_cost = taken, cost
@@ -59,7 +63,7 @@ def holdout(labels: Sequence[str], groups: Sequence[str], share: float, seed: in
 def _greedy(counts: np.ndarray, target: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, float]:
     taken, have = np.zeros(len(counts), dtype=bool), np.zeros(counts.shape[1])
     cost = float(((have - target) ** 2).sum())
-    for sweep in range(2):  # the second sweep only toggles what the first pass got wrong
+    for _sweep in range(2):  # the second sweep only toggles what the first pass got wrong
         changed = False
         for g in order:
             new = have - counts[g] if taken[g] else have + counts[g]
@@ -71,9 +75,16 @@ def _greedy(counts: np.ndarray, target: np.ndarray, order: np.ndarray) -> tuple[
     return taken, cost
 
 
-def assign_splits(labels: Sequence[str], groups: Sequence[str], fixed: Sequence[str | None],
-                  test_size: float, val_size: float, seed: int, leaks: str = "drop",
-                  held: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def assign_splits(
+    labels: Sequence[str],
+    groups: Sequence[str],
+    fixed: Sequence[str | None],
+    test_size: float,
+    val_size: float,
+    seed: int,
+    leaks: str = "drop",
+    held: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """'train' / 'val' / 'test' per row, and a mask of rows dropped as `split_leak`.
 
     Rows whose source gave a split keep it, and other rows of their group follow them. A
@@ -111,14 +122,17 @@ def assign_splits(labels: Sequence[str], groups: Sequence[str], fixed: Sequence[
     return split.astype(str), leaked
 
 
-def outputs(live: pd.DataFrame, classes: Sequence[str], mode: str, per_class: int, seed: int
-            ) -> dict[str, pd.DataFrame]:
+def outputs(
+    live: pd.DataFrame, classes: Sequence[str], mode: str, per_class: int, seed: int
+) -> dict[str, pd.DataFrame]:
     """The output tables by file stem: balanced train and test, val as it is, the per-class
     `_100` subsets and the round-robin order of the small training file."""
     part = {s: live[live["split"] == s] for s in SPLIT_ORDER}
-    out = {"train_balanced": balance(part["train"], classes, mode, seed),
-           "val": part["val"].sort_values("id"),
-           "test_balanced": balance(part["test"], classes, mode, seed)}
+    out = {
+        "train_balanced": balance(part["train"], classes, mode, seed),
+        "val": part["val"].sort_values("id"),
+        "test_balanced": balance(part["test"], classes, mode, seed),
+    }
     for name in ("train_balanced", "test_balanced"):
         out[f"{name}_100"] = take_per_class(out[name], classes, per_class, seed, name)
     out["train_balanced_100_interleaved"] = interleave(out["train_balanced_100"], classes)
@@ -137,8 +151,9 @@ def balance(frame: pd.DataFrame, classes: Sequence[str], mode: str, seed: int) -
     return pd.concat(parts).sort_values("id")
 
 
-def take_per_class(frame: pd.DataFrame, classes: Sequence[str], n: int, seed: int,
-                   what: str) -> pd.DataFrame:
+def take_per_class(
+    frame: pd.DataFrame, classes: Sequence[str], n: int, seed: int, what: str
+) -> pd.DataFrame:
     """Up to `n` rows per class (seeded), all of a class that has fewer, with a warning."""
     counts = frame["label"].value_counts()
     if short := {c: int(counts.get(c, 0)) for c in classes if counts.get(c, 0) < n}:
@@ -151,12 +166,14 @@ def interleave(frame: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """Rows in round-robin class order (classes as listed), each class in id order."""
     order = {c: i for i, c in enumerate(classes)}
     ranked = frame.sort_values("id").assign(
-        _rank=lambda f: f.groupby("label").cumcount(), _class=lambda f: f["label"].map(order))
+        _rank=lambda f: f.groupby("label").cumcount(), _class=lambda f: f["label"].map(order)
+    )
     return ranked.sort_values(["_rank", "_class"]).drop(columns=["_rank", "_class"])
 
 
 def shares(rows: pd.DataFrame, classes: Sequence[str]) -> dict[str, dict[str, float]]:
     """Achieved share of the rows (and of each class's rows) in each split, before balancing."""
+
     def of(frame: pd.DataFrame) -> dict[str, float]:
         counts = frame["split"].value_counts()
         return {s: round(int(counts.get(s, 0)) / max(len(frame), 1), 4) for s in SPLIT_ORDER}

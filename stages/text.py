@@ -8,6 +8,7 @@ included (long runs of `<`, nested entities, backslashes, joined emoji, stacked 
 each step is a single left-to-right scan or a bounded number of them, and a text longer than
 MAX_TEXT_CHARS is cut to that length before any of them runs.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,8 +25,18 @@ import ftfy.fixes
 # `repaired`); the other steps are cleaning, counted but routine: emoji, urls, and
 # normalised (whitespace, NFC, full-width forms, ligatures, curly quotes).
 # `truncated` and `stacked_marks` fix no damage but drop characters, so they are recorded too.
-REPAIRS = frozenset({"mojibake", "damaged_emoji", "html_entities", "html_tags",
-                     "control_chars", "literal_escapes", "truncated", "stacked_marks"})
+REPAIRS = frozenset(
+    {
+        "mojibake",
+        "damaged_emoji",
+        "html_entities",
+        "html_tags",
+        "control_chars",
+        "literal_escapes",
+        "truncated",
+        "stacked_marks",
+    }
+)
 
 # The longest post in our corpora has 324 characters (tweets: 280) and the text encoders read a
 # few hundred tokens at most, so nothing real comes near this; it bounds the work one hostile
@@ -48,10 +59,17 @@ _CP1252_BYTE = {bytes([b]).decode("cp1252", "ignore") or chr(b): b for b in rang
 _CONT = "".join(re.escape(ch) for ch, b in _CP1252_BYTE.items() if b < 0xC0)
 _LOCAL_MOJIBAKE = re.compile(f"[\u00e0-\u00ef][{_CONT}]{{2}}|[\u00f0-\u00f4][{_CONT}]{{3}}")
 _FTFY_DECODING = {"encode", "decode", "transcode"}
-_FTFY_MOJIBAKE_FIXES = {"decode_inconsistent_utf8", "fix_c1_controls", "restore_byte_a0",
-                        "replace_lossy_sequences", "fix_surrogates"}
-_FTFY_OTHER_STEPS = {"remove_control_chars": "control_chars",
-                     "remove_terminal_escapes": "control_chars"}
+_FTFY_MOJIBAKE_FIXES = {
+    "decode_inconsistent_utf8",
+    "fix_c1_controls",
+    "restore_byte_a0",
+    "replace_lossy_sequences",
+    "fix_surrogates",
+}
+_FTFY_OTHER_STEPS = {
+    "remove_control_chars": "control_chars",
+    "remove_terminal_escapes": "control_chars",
+}
 
 # MediaEval dev posts write line breaks as the two characters `\n`, quotes as `\"` and some
 # URLs with JSON-escaped slashes (`http:\/\/t.co`). Runs of backslashes are taken whole so a
@@ -65,8 +83,12 @@ _ESCAPED_CHAR = re.compile(r"(?<!\\)\\+([\"'/])")
 # and no Greek letter besides such pairs. Leads below U+1F1E (mahjong tiles, cards, enclosed
 # letters: `ἀ4` would be U+1F004) never occur in CrisisMMD and always stay Greek; the leads
 # of regional indicators (flag halves, not emoji on their own to the library) are added.
-_DAMAGED_LEADS = "".join(sorted({chr(ord(e) >> 4) for e in emoji.EMOJI_DATA
-                                 if len(e) == 1 and ord(e) >= 0x1F1E0} | {"\u1f1e", "\u1f1f"}))
+_DAMAGED_LEADS = "".join(
+    sorted(
+        {chr(ord(e) >> 4) for e in emoji.EMOJI_DATA if len(e) == 1 and ord(e) >= 0x1F1E0}
+        | {"\u1f1e", "\u1f1f"}
+    )
+)
 _DAMAGED_EMOJI = re.compile(f"[{_DAMAGED_LEADS}][0-9A-F]")
 _GREEK = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 _LATIN = re.compile("[A-Za-z\u00c0-\u024f]")
@@ -97,8 +119,12 @@ def _invisible_chars() -> str:
 def _nonstarters() -> str:
     # Characters whose canonical decomposition starts with a combining mark (class > 0).
     def nonstarter(ch: str) -> bool:
-        return bool(unicodedata.combining(ch) or unicodedata.decomposition(ch)
-                    and unicodedata.combining(unicodedata.normalize("NFD", ch)[0]))
+        return bool(
+            unicodedata.combining(ch)
+            or unicodedata.decomposition(ch)
+            and unicodedata.combining(unicodedata.normalize("NFD", ch)[0])
+        )
+
     return "".join(filter(nonstarter, map(chr, range(0x30000))))
 
 
@@ -114,11 +140,16 @@ _MARK_RUN = re.compile(f"([{_MARKS}]{{30}})[{_MARKS}]+")
 # not between a joiner and a character that can start an emoji.
 _ZWJ = "\u200d"
 _EMOJI_STARTS = {seq[0] for seq in emoji.EMOJI_DATA}
-_EMOJI_CONTINUES = ({b for seq in emoji.EMOJI_DATA for a, b in zip(seq, seq[1:]) if a != _ZWJ}
-                    | {seq for seq, data in emoji.EMOJI_DATA.items() if len(seq) == 1
-                       and data["status"] == emoji.unicode_codes.STATUS["component"]}
-                    | {_ZWJ, "\ufe0e", "\ufe0f", "\u20e3"}
-                    | set(map(chr, range(0xE0020, 0xE0080))))  # tags (subdivision flags)
+_EMOJI_CONTINUES = (
+    {b for seq in emoji.EMOJI_DATA for a, b in zip(seq, seq[1:]) if a != _ZWJ}
+    | {
+        seq
+        for seq, data in emoji.EMOJI_DATA.items()
+        if len(seq) == 1 and data["status"] == emoji.unicode_codes.STATUS["component"]
+    }
+    | {_ZWJ, "\ufe0e", "\ufe0f", "\u20e3"}
+    | set(map(chr, range(0xE0020, 0xE0080)))
+)  # tags (subdivision flags)
 _EMOJI_CONT = "".join(map(re.escape, sorted(_EMOJI_CONTINUES)))
 _START_ONLY = "".join(map(re.escape, sorted(_EMOJI_STARTS - _EMOJI_CONTINUES)))
 _EMOJI_CUT = re.compile(f"(?<!{_ZWJ})[^{_EMOJI_CONT}]|(?<={_ZWJ})[^{_EMOJI_CONT}{_START_ONLY}]")
@@ -132,15 +163,17 @@ _EMOJI_CHARS = str.maketrans(dict.fromkeys(map(ord, _EMOJI_STARTS | _EMOJI_CONTI
 # C0/C1 controls that separate words become spaces; the rest, format characters and lone
 # surrogates (which cannot be written as UTF-8) are deleted.
 _CONTROLS = {c: " " for c in (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x85)}
-_CONTROLS.update({c: None for c in chain(range(0x00, 0x20), range(0x7F, 0xA0))
-                  if c not in _CONTROLS})
+_CONTROLS.update(
+    {c: None for c in chain(range(0x00, 0x20), range(0x7F, 0xA0)) if c not in _CONTROLS}
+)
 _CONTROLS.update({ord(ch): None for ch in _invisible_chars()})
 _CONTROLS.update({c: None for c in range(0xD800, 0xE000)})
 
 
 def _decoding(steps: list | None) -> bool:
-    return any(action in _FTFY_DECODING or param in _FTFY_MOJIBAKE_FIXES
-               for action, param in steps or [])
+    return any(
+        action in _FTFY_DECODING or param in _FTFY_MOJIBAKE_FIXES for action, param in steps or []
+    )
 
 
 def _fix_mojibake(text: str, seen: set[str]) -> str:
@@ -148,8 +181,11 @@ def _fix_mojibake(text: str, seen: set[str]) -> str:
     text, n_spaces = _NBSP_MOJIBAKE.subn("\xa0", text)
     fixed, steps = ftfy.fix_and_explain(text, _FTFY)
     damaged = _decoding(steps) or n_spaces > 0
-    seen.update(_FTFY_OTHER_STEPS.get(param, "normalised") for action, param in steps or []
-                if action not in _FTFY_DECODING and param not in _FTFY_MOJIBAKE_FIXES)
+    seen.update(
+        _FTFY_OTHER_STEPS.get(param, "normalised")
+        for action, param in steps or []
+        if action not in _FTFY_DECODING and param not in _FTFY_MOJIBAKE_FIXES
+    )
     if not fixed.isascii():
         # ftfy decodes a text as a whole and gives up when one spot does not fit (CrisisMMD has
         # Mac-Roman rows with a stray no-break space); then each word gets its own try.
@@ -215,7 +251,7 @@ def _strip_tags(text: str) -> str:
     parts, pos, gt, close = [], 0, 0, 0
     for match in _TAG_START.finditer(text):
         start = match.start()
-        if start < pos:                  # inside the tag just removed
+        if start < pos:  # inside the tag just removed
             continue
         end = -1
         if match[0] == "<!--":
@@ -225,7 +261,7 @@ def _strip_tags(text: str) -> str:
         if end == -1:
             if -1 < gt < start + 2:
                 gt = text.find(">", start + 2)
-            if gt == -1:                 # no `>` left: nothing after this is a tag
+            if gt == -1:  # no `>` left: nothing after this is a tag
                 break
             end = gt + 1
         parts += [text[pos:start], " "]
@@ -286,8 +322,9 @@ def _clean(text: str, strip_urls: bool, max_chars: int | None) -> tuple[str, fro
     return text, frozenset(steps)
 
 
-def clean_text_explained(text: str, strip_urls: bool = True,
-                         max_chars: int | None = MAX_TEXT_CHARS) -> tuple[str, frozenset[str]]:
+def clean_text_explained(
+    text: str, strip_urls: bool = True, max_chars: int | None = MAX_TEXT_CHARS
+) -> tuple[str, frozenset[str]]:
     """Cleaned text and the names of the steps that changed it (see REPAIRS). A text longer
     than `max_chars` is cut to that length first (step `truncated`); None turns the cap off,
     for measuring the cleaner itself."""

@@ -1,10 +1,11 @@
 """Refusing inputs DVC cannot see: a file a stage reads but that no dep of the stage covers
 would never re-run it when it changes, leaving outputs silently stale."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
@@ -39,4 +40,5 @@ def check_tracked(stage: str, paths: Iterable[Path], dvc_file: Path = DVC_FILE) 
                 f"({', '.join(deps)}) covers it, so editing it would not re-run {stage}. Bring "
                 f"it in under dataset/raw/ (copy it there, or `dvc import-url <url> "
                 f"dataset/raw/<name>` / `dvc add`) and point data.sources at it, or add its "
-                f"folder to the {stage} stage's deps in {dvc_file}")
+                f"folder to the {stage} stage's deps in {dvc_file}"
+            )

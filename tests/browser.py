@@ -5,6 +5,7 @@ saves what it looks like. Any http(s) fetch fails (no DNS, a dead proxy), so a p
 still needs a CDN draws nothing here. Tests call `require_chromium()` first: it skips them,
 with the reason, on machines without the Debian `chromium` package.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,11 @@ def render_dom(page: Path, budget_ms: int = 5000, timeout_s: float = 60) -> str:
 
 
 def screenshot(
-    page: Path, png: Path, size: tuple[int, int] = (1200, 1600),
-    budget_ms: int = 5000, timeout_s: float = 60,
+    page: Path,
+    png: Path,
+    size: tuple[int, int] = (1200, 1600),
+    budget_ms: int = 5000,
+    timeout_s: float = 60,
 ) -> Path:
     """Save a `size` (width, height) PNG of the page as drawn after `budget_ms`."""
     png = Path(png).resolve()

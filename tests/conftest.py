@@ -1,12 +1,13 @@
 """Shared fixtures: the real data beside the repository (skipped when absent), a maker of
 small generated images, and a PNG that claims a huge size (decompression bomb)."""
+
 from __future__ import annotations
 
 import io
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -32,9 +33,16 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
     noise=False) -> path, a generated picture saved under tmp_path (format from the suffix
     unless given). noise=True draws seeded random pixels instead of one colour: plain pictures
     all share one perceptual hash, so they count as near-duplicates of each other."""
-    def make(relative: str, size: tuple[int, int] = (32, 24), mode: str = "RGB",
-             color: object = None, format: str | None = None, noise: bool = False,
-             **save: object) -> Path:
+
+    def make(
+        relative: str,
+        size: tuple[int, int] = (32, 24),
+        mode: str = "RGB",
+        color: object = None,
+        format: str | None = None,
+        noise: bool = False,
+        **save: object,
+    ) -> Path:
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if noise:
@@ -45,10 +53,14 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
         if color is None:
             # Colour from the name, so different files have different content hashes.
             crc = zlib.crc32(relative.encode())
-            color = {"RGB": tuple(crc >> s & 255 for s in (0, 8, 16)),
-                     "RGBA": (10, 200, 30, 255), "L": crc & 255}.get(mode, 0)
+            color = {
+                "RGB": tuple(crc >> s & 255 for s in (0, 8, 16)),
+                "RGBA": (10, 200, 30, 255),
+                "L": crc & 255,
+            }.get(mode, 0)
         Image.new(mode, size, color).save(path, format=format, **save)
         return path
+
     return make
 
 
@@ -56,13 +68,15 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
 def png_claiming() -> Callable[[int, int], bytes]:
     """png_claiming(width, height) -> bytes of a PNG whose header claims that size while only
     a 1x1 picture follows: enough for Pillow's bomb check, without a huge image in memory."""
+
     def make(width: int, height: int) -> bytes:
         buffer = io.BytesIO()
         Image.new("L", (1, 1)).save(buffer, format="PNG")
         data = bytearray(buffer.getvalue())
         ihdr = 8 + 8  # PNG signature, then the IHDR chunk's length and type
-        data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-        crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13]))
-        data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+        data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+        crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+        data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
         return bytes(data)
+
     return make

@@ -11,6 +11,7 @@ clones compare byte for byte.
 `clean_run(factory)` runs the whole pipeline once, uninterrupted, in its own clone, and is
 shared by every test module of the session (it is the costly part).
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,8 +35,16 @@ KEEP_EVERY = 3
 TIMEOUT_S = 900  # one dvc command on a loaded 2-core machine takes 1-3 minutes
 OUTPUT_DIRS = ("dataset", "features", "models", "reports")
 # Without git, what a run needs; with git, every tracked or untracked-but-not-ignored file.
-SOURCE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "stages", "plots",
-                "dataset/raw", "dataset/README.md")
+SOURCE_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".dvc/config",
+    "stages",
+    "plots",
+    "dataset/raw",
+    "dataset/README.md",
+)
 
 
 @dataclass
@@ -49,15 +58,21 @@ class Snapshot:
 
 def _source_names() -> list[str]:
     if (REPO / ".git").exists():
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                                 "--exclude-standard"], cwd=REPO, check=True,
-                                stdout=subprocess.PIPE).stdout.decode()
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.PIPE,
+        ).stdout.decode()
         return [name for name in listed.split("\0") if name and name != "dvc.lock"]
     names = []
     for entry in SOURCE_FILES:
         path = REPO / entry
-        names += [p.relative_to(REPO).as_posix() for p in (path.rglob("*") if path.is_dir()
-                  else [path]) if p.is_file() and "__pycache__" not in p.parts]
+        names += [
+            p.relative_to(REPO).as_posix()
+            for p in (path.rglob("*") if path.is_dir() else [path])
+            if p.is_file() and "__pycache__" not in p.parts
+        ]
     return names
 
 
@@ -89,15 +104,30 @@ class Clone:
         shutil.copytree(source_tree(factory), clone.root)
         clone.cut_sample()
         params = clone.root / "params.yaml"
-        text = re.sub(r"(?m)^(\s+shard_size:)\s*\d+", rf"\g<1> {SHARD_SIZE}",
-                      params.read_text(encoding="utf-8"))
+        text = re.sub(
+            r"(?m)^(\s+shard_size:)\s*\d+",
+            rf"\g<1> {SHARD_SIZE}",
+            params.read_text(encoding="utf-8"),
+        )
         params.write_text(text, encoding="utf-8")
         assert yaml.safe_load(text)["featurize"]["shard_size"] == SHARD_SIZE
         # dvclive (train) reads the current commit: the repository needs one.
-        git = ["git", "-C", str(clone.root), "-c", "user.name=test", "-c", "user.email=t@t",
-               "-c", "commit.gpgsign=false"]
-        for args in (["init", "--quiet"], ["add", "--all"],
-                     ["commit", "--quiet", "--no-verify", "-m", "sources"]):
+        git = [
+            "git",
+            "-C",
+            str(clone.root),
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ]
+        for args in (
+            ["init", "--quiet"],
+            ["add", "--all"],
+            ["commit", "--quiet", "--no-verify", "-m", "sources"],
+        ):
             subprocess.run(git + args, check=True)
         return clone
 
@@ -105,9 +135,10 @@ class Clone:
         """Keep the first of every KEEP_EVERY rows of each label in both source files, each
         kept line's bytes unchanged (CRLF ends included)."""
         raw = self.root / "dataset" / "raw"
-        for path, dialect in ((raw / "crisis4_sample.csv", {}),
-                              (raw / "crisismmd_sample.tsv",
-                               {"delimiter": "\t", "quoting": csv.QUOTE_NONE})):
+        for path, dialect in (
+            (raw / "crisis4_sample.csv", {}),
+            (raw / "crisismmd_sample.tsv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
+        ):
             lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
             records = list(csv.reader(lines, **dialect))
             assert len(records) == len(lines), f"{path}: a record spans lines; cut by record"
@@ -121,23 +152,41 @@ class Clone:
             path.write_bytes("".join(kept).encode("utf-8"))
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+        return {
+            **os.environ,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "DVC_NO_ANALYTICS": "1",
+        }
 
     def run(self, *cmd: str) -> str:
         """Run a command in the clone; its output (stdout + stderr), or a failure showing it."""
-        done = subprocess.run(cmd, cwd=self.root, env=self.env(), text=True, timeout=TIMEOUT_S,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            cmd,
+            cwd=self.root,
+            env=self.env(),
+            text=True,
+            timeout=TIMEOUT_S,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         if done.returncode:
-            pytest.fail(f"{' '.join(cmd)} exited {done.returncode} in {self.root}:\n"
-                        f"{done.stdout[-4000:]}")
+            pytest.fail(
+                f"{' '.join(cmd)} exited {done.returncode} in {self.root}:\n{done.stdout[-4000:]}"
+            )
         return done.stdout
 
     def start(self, module: str, log: Path) -> subprocess.Popen:
         """`python -m <module>` in the background, output to `log`."""
         with log.open("w") as out:
-            return subprocess.Popen([sys.executable, "-m", module], cwd=self.root, env=self.env(),
-                                    stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", module],
+                cwd=self.root,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def digests(self) -> dict[str, str]:
         """sha256 of every file the pipeline wrote (dataset/raw is input, not output)."""
@@ -145,8 +194,11 @@ class Clone:
         for top in OUTPUT_DIRS:
             for path in sorted((self.root / top).rglob("*")):
                 rel = path.relative_to(self.root).as_posix()
-                if path.is_file() and not rel.startswith("dataset/raw/") and rel != (
-                        "dataset/README.md"):
+                if (
+                    path.is_file()
+                    and not rel.startswith("dataset/raw/")
+                    and rel != ("dataset/README.md")
+                ):
                     out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
         return out
 
@@ -171,8 +223,11 @@ def assert_same_run(first: Snapshot, second: Snapshot, second_dir: Path) -> None
     diff = differences(first.digests, second.digests)
     detail = []
     for rel in diff:
-        if rel.endswith(".safetensors") and (first.copy / rel).is_file() and (
-                second_dir / rel).is_file():
+        if (
+            rel.endswith(".safetensors")
+            and (first.copy / rel).is_file()
+            and (second_dir / rel).is_file()
+        ):
             detail.append(f"{rel}: {tensor_differences(first.copy / rel, second_dir / rel)}")
     assert not diff, f"outputs differ between the runs: {diff}\n" + "\n".join(detail)
     assert first.lock == second.lock, "dvc.lock differs between the runs"

@@ -1,5 +1,6 @@
 """Bootstrap intervals: the resampled scores equal scikit-learn's on each resample, the
 interval is seeded, brackets the estimate, and has the width binomial theory predicts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,8 @@ def test_resampled_scores_equal_scikit_learn_on_each_resample() -> None:
     for k, r in enumerate(rows):
         assert got["accuracy"][k] == pytest.approx(accuracy_score(y[r], pred[r]))
         assert got["macro_f1"][k] == pytest.approx(
-            f1_score(y[r], pred[r], labels=range(4), average="macro", zero_division=0))
+            f1_score(y[r], pred[r], labels=range(4), average="macro", zero_division=0)
+        )
 
 
 def test_interval_is_seeded_and_brackets_the_estimate() -> None:
@@ -45,7 +47,11 @@ def test_accuracy_interval_has_the_binomial_width(n: int) -> None:
 
 def test_a_perfect_classifier_has_a_point_interval_and_empty_input_is_refused() -> None:
     y = np.arange(40) % 4
-    assert bootstrap.intervals(y, y, 4) == {"accuracy_ci95_lo": 1.0, "accuracy_ci95_hi": 1.0,
-                                            "macro_f1_ci95_lo": 1.0, "macro_f1_ci95_hi": 1.0}
+    assert bootstrap.intervals(y, y, 4) == {
+        "accuracy_ci95_lo": 1.0,
+        "accuracy_ci95_hi": 1.0,
+        "macro_f1_ci95_lo": 1.0,
+        "macro_f1_ci95_hi": 1.0,
+    }
     with pytest.raises(ValueError, match="empty"):
         bootstrap.intervals(y[:0], y[:0], 4)

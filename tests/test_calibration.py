@@ -1,5 +1,6 @@
 """Calibration: temperature scaling recovers a known temperature and lowers the calibration
 error of over-confident probabilities; ECE and the reliability bins match hand counts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,10 +45,13 @@ def test_ece_and_reliability_bins_match_hand_counts() -> None:
     bins = calibration.reliability(proba, labels, bins=10)
     # confidences 0.9, 0.95 (bins 9 and 10 of 10: (0.8, 0.9], (0.9, 1.0]), 0.6, 0.7
     assert [(b["bin_high"], b["count"], b["accuracy"]) for b in bins] == [
-        (0.6, 1, 1.0), (0.7, 1, 1.0), (0.9, 1, 1.0), (1.0, 1, 0.0)]
+        (0.6, 1, 1.0),
+        (0.7, 1, 1.0),
+        (0.9, 1, 1.0),
+        (1.0, 1, 0.0),
+    ]
     expected = (abs(1 - 0.6) + abs(1 - 0.7) + abs(1 - 0.9) + abs(0 - 0.95)) / 4
-    assert calibration.expected_calibration_error(proba, labels, bins=10) == pytest.approx(
-        expected)
+    assert calibration.expected_calibration_error(proba, labels, bins=10) == pytest.approx(expected)
 
 
 def test_predict_proba_divides_by_the_modules_temperature() -> None:
@@ -59,7 +63,8 @@ def test_predict_proba_divides_by_the_modules_temperature() -> None:
     hot = predict_proba(module, text, image)
     np.testing.assert_allclose(predict_proba(module, text, image, calibrated=False), raw)
     with torch.no_grad():
-        np.testing.assert_allclose(hot, torch.softmax(module(text, image).double() / 2, 1),
-                                   atol=1e-7)
+        np.testing.assert_allclose(
+            hot, torch.softmax(module(text, image).double() / 2, 1), atol=1e-7
+        )
     assert (hot.max(axis=1) < raw.max(axis=1)).all()
     assert (hot.argmax(axis=1) == raw.argmax(axis=1)).all()

@@ -1,6 +1,7 @@
 """The typed config: each stage's dataclass builds from the shipped params.yaml, every key in
 params.yaml is declared by some stage's config (and every declared key is in params.yaml), and
 bad values fail with a message naming the key and what is allowed."""
+
 from __future__ import annotations
 
 import copy
@@ -63,7 +64,8 @@ def test_every_key_is_declared_once_and_present() -> None:
 
 def test_the_key_census_can_fail() -> None:
     assert present({"train": {"lr": 1, "typo_key": 2}}) - declared(config.TrainStage) == {
-        "train.typo_key"}
+        "train.typo_key"
+    }
 
 
 def _with(change: dict[str, Any]) -> dict[str, Any]:
@@ -80,17 +82,23 @@ def _with(change: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"prepare.balance": "upsample"}, "prepare.balance='upsample' is not one of downsample, none"),
-    ({"prepare.test_size": 1.0}, "prepare.test_size=1.0 must be in (0, 1)"),
-    ({"prepare.test_size": "0.2"}, "prepare.test_size='0.2' must be float"),
-    ({"prepare.seed": True}, "prepare.seed=True must be int"),
-    ({"prepare.strip_urls": "yes"}, "prepare.strip_urls='yes' must be true or false"),
-    ({"prepare.max_side": KeyError}, "missing key 'prepare.max_side'"),
-    ({"prepare.max_sidee": 3}, "unknown key(s) prepare.max_sidee; prepare takes seed"),
-    ({"prepare.test_events": "sandy"}, "prepare.test_events must be a list"),
-    ({"classes": ["a", "a"]}, "distinct"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"prepare.balance": "upsample"},
+            "prepare.balance='upsample' is not one of downsample, none",
+        ),
+        ({"prepare.test_size": 1.0}, "prepare.test_size=1.0 must be in (0, 1)"),
+        ({"prepare.test_size": "0.2"}, "prepare.test_size='0.2' must be float"),
+        ({"prepare.seed": True}, "prepare.seed=True must be int"),
+        ({"prepare.strip_urls": "yes"}, "prepare.strip_urls='yes' must be true or false"),
+        ({"prepare.max_side": KeyError}, "missing key 'prepare.max_side'"),
+        ({"prepare.max_sidee": 3}, "unknown key(s) prepare.max_sidee; prepare takes seed"),
+        ({"prepare.test_events": "sandy"}, "prepare.test_events must be a list"),
+        ({"classes": ["a", "a"]}, "distinct"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(_with(change)))

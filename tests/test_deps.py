@@ -1,6 +1,7 @@
 """Every project module a stage runs is a DVC dep of that stage: the closure of its imports,
 found by reading the code (ast), must be covered by the stage's deps in dvc.yaml, so that
 editing any of them re-runs the stage. Inputs outside every dep are refused by prepare."""
+
 from __future__ import annotations
 
 import ast
@@ -68,16 +69,21 @@ def stage_modules(spec: dict) -> dict[str, str]:
 
 def uncovered(files: set[Path], deps: list[str], root: Path = ROOT) -> list[str]:
     covered = [(root / d).resolve() for d in deps]
-    return sorted(f.relative_to(root).as_posix() for f in files
-                  if not any(f.resolve() == c or f.resolve().is_relative_to(c) for c in covered))
+    return sorted(
+        f.relative_to(root).as_posix()
+        for f in files
+        if not any(f.resolve() == c or f.resolve().is_relative_to(c) for c in covered)
+    )
 
 
 def test_every_stage_depends_on_its_module_closure() -> None:
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     modules = stage_modules(spec)
     assert {"prepare", "featurize", "train", "evaluate"} <= set(modules)
-    missing = {stage: uncovered(closure(module), spec["stages"][stage]["deps"])
-               for stage, module in modules.items()}
+    missing = {
+        stage: uncovered(closure(module), spec["stages"][stage]["deps"])
+        for stage, module in modules.items()
+    }
     assert not {s: m for s, m in missing.items() if m}, f"dvc.yaml deps lack {missing}"
 
 
@@ -91,12 +97,17 @@ def test_the_closure_check_can_fail(tmp_path: Path) -> None:
     (pkg / "sub" / "deep.py").write_text("")
     (pkg / "helper.py").write_text("import json\n")
     (pkg / "lazy.py").write_text("")
-    (pkg / "stage.py").write_text("from stages import helper\nimport stages.sub\n"
-                                  "def f():\n    from stages.lazy import x\n")
+    (pkg / "stage.py").write_text(
+        "from stages import helper\nimport stages.sub\ndef f():\n    from stages.lazy import x\n"
+    )
     files = closure(f"{PACKAGE}.stage", tmp_path)
     assert uncovered(files, ["stages/stage.py"], tmp_path) == [
-        "stages/__init__.py", "stages/helper.py", "stages/lazy.py", "stages/sub/__init__.py",
-        "stages/sub/deep.py"]
+        "stages/__init__.py",
+        "stages/helper.py",
+        "stages/lazy.py",
+        "stages/sub/__init__.py",
+        "stages/sub/deep.py",
+    ]
     assert uncovered(files, ["stages"], tmp_path) == []
 
 
@@ -104,8 +115,11 @@ def test_an_untracked_source_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "dataset" / "raw").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "dataset" / "raw" / "link").symlink_to(tmp_path / "elsewhere")
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
-        {"stages": {"prepare": {"cmd": "x", "deps": ["stages/prepare.py", "dataset/raw"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"prepare": {"cmd": "x", "deps": ["stages/prepare.py", "dataset/raw"]}}}
+        )
+    )
     monkeypatch.chdir(tmp_path)
     tracking.check_tracked("prepare", [Path("dataset/raw/posts.csv"), Path("dataset/raw")])
     for outside in ("elsewhere/posts.csv", "dataset/raw/link/posts.csv", "/tmp/x.csv"):
@@ -136,5 +150,6 @@ def test_the_stage_import_check_can_fail(tmp_path: Path) -> None:
     for name in ("__init__", "prepare", "text"):
         (tmp_path / PACKAGE / f"{name}.py").write_text("")
     (tmp_path / PACKAGE / "predict.py").write_text(
-        "from stages.text import clean\ndef f():\n    from stages.prepare import settings\n")
+        "from stages.text import clean\ndef f():\n    from stages.prepare import settings\n"
+    )
     assert stage_imports(tmp_path) == {"prepare": set(), "predict": {"prepare"}}

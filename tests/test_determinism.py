@@ -3,15 +3,15 @@ tensors, the model, and every other output (dvc.lock, which records each output'
 
 Runs in a throwaway clone on a cut of the shipped sample (tests/pipeline_clone.py).
 """
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from pipeline_clone import assert_same_run, clean_run
+from safetensors.numpy import load_file
 
 STAGES = ("prepare", "featurize", "train", "evaluate")
 
@@ -29,8 +29,10 @@ def test_two_runs_from_scratch_are_identical(tmp_path_factory: pytest.TempPathFa
     assert metrics[0] == metrics[1]
     assert metrics[0]["test"]["rows"] > 0  # a real evaluation, not an empty one
     for split in ("train", "val", "test"):
-        tensors = [load_file(str(run.copy / "features" / f"{split}.safetensors"))
-                   for run in (first, second)]
+        tensors = [
+            load_file(str(run.copy / "features" / f"{split}.safetensors"))
+            for run in (first, second)
+        ]
         assert tensors[0].keys() == tensors[1].keys() == {"text", "image", "label", "id"}
         for name in tensors[0]:
             assert np.array_equal(tensors[0][name], tensors[1][name]), f"{split}: {name} differs"

@@ -5,6 +5,7 @@ Runs the real commands a user types (`dvc repro`, `dvc exp run -S weights=manual
 the shipped sample. Uncommitted changes are not part of the clone: CI tests a clean
 checkout, so that is what this test sees too.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def _env() -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="e2e", GIT_AUTHOR_EMAIL="e2e@example.invalid",
-        GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@example.invalid",
+        GIT_AUTHOR_NAME="e2e",
+        GIT_AUTHOR_EMAIL="e2e@example.invalid",
+        GIT_COMMITTER_NAME="e2e",
+        GIT_COMMITTER_EMAIL="e2e@example.invalid",
     )
     return env
 
@@ -73,7 +76,9 @@ def test_repro_runs_every_stage_then_nothing(clone: Path) -> None:
     run(["git", "commit", "--allow-empty", "-qm", "baseline run"], clone)
 
 
-def test_remote_push_then_fresh_clone_pulls_without_recomputing(clone: Path, tmp_path: Path) -> None:
+def test_remote_push_then_fresh_clone_pulls_without_recomputing(
+    clone: Path, tmp_path: Path
+) -> None:
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "--local", "-d", "store", str(remote)], clone)
     run(["dvc", "push"], clone)

@@ -1,5 +1,6 @@
 """Encoders: the offline one with its real wheels, BLIP-2 / CLIP / SigLIP as tiny random models
 saved with save_pretrained and loaded through the same code as the real weights."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,15 +11,18 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
+from shipped_params import featurize_cfg
+from tiny_models import save_tiny_blip2, save_tiny_clip, save_tiny_siglip
 
 from stages.encoders import BACKENDS, EncoderError, load_encoder
 from stages.encoders.base import ImageFiles, fingerprint_files, masked_mean
-from tiny_models import save_tiny_blip2, save_tiny_clip, save_tiny_siglip
-from shipped_params import featurize_cfg
 from stages.params import ParamsError
 
-TINY = {"blip2": (save_tiny_blip2, 24, 32), "clip": (save_tiny_clip, 16, 16),
-        "siglip": (save_tiny_siglip, 32, 40)}  # builder, text dim, image dim
+TINY = {
+    "blip2": (save_tiny_blip2, 24, 32),
+    "clip": (save_tiny_clip, 16, 16),
+    "siglip": (save_tiny_siglip, 32, 40),
+}  # builder, text dim, image dim
 
 
 def pictures() -> list[Image.Image]:
@@ -32,9 +36,12 @@ def pictures() -> list[Image.Image]:
 @pytest.fixture(scope="module", params=["onnx", "torch"])
 def offline(request):
     """The offline encoder in each runtime (shipped default: onnx, fp32)."""
-    return load_encoder(featurize_cfg({"encoder": "offline",
-                         "offline": {"image_size": 224, "runtime": request.param}}),
-                        torch.device("cpu"))
+    return load_encoder(
+        featurize_cfg(
+            {"encoder": "offline", "offline": {"image_size": 224, "runtime": request.param}}
+        ),
+        torch.device("cpu"),
+    )
 
 
 def test_offline_dims_ranges_and_normalised_text(offline) -> None:
@@ -52,9 +59,13 @@ def test_offline_dims_ranges_and_normalised_text(offline) -> None:
 
 
 def test_offline_text_vectors_carry_meaning(offline) -> None:
-    a, b, c = offline.encode_text(["people trapped under the rubble need rescue",
-                                   "rescue teams search for survivors trapped in collapsed houses",
-                                   "best pizza in town tonight lol"])
+    a, b, c = offline.encode_text(
+        [
+            "people trapped under the rubble need rescue",
+            "rescue teams search for survivors trapped in collapsed houses",
+            "best pizza in town tonight lol",
+        ]
+    )
     assert a @ b > a @ c + 0.2
 
 
@@ -67,8 +78,9 @@ def test_offline_is_deterministic_and_matches_one_at_a_time(offline) -> None:
         np.testing.assert_array_equal(alone, first[1])
     np.testing.assert_allclose(alone, first[1], atol=1e-5)
     texts = ["help needed at the shelter", "no"]
-    np.testing.assert_allclose(offline.encode_text(texts[1:])[0], offline.encode_text(texts)[1],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        offline.encode_text(texts[1:])[0], offline.encode_text(texts)[1], atol=1e-5
+    )
     assert offline.fingerprint() == offline.fingerprint()
     assert len(offline.fingerprint()) == 64
 
@@ -78,16 +90,20 @@ def test_preprocess_runs_in_a_spawned_worker_process(offline, tmp_path: Path) ->
     # travel there with no model state and give the same tensor as in the parent.
     image = pictures()[2]
     image.save(tmp_path / "drawn.png")
-    loader = torch.utils.data.DataLoader(ImageFiles([str(tmp_path / "drawn.png")], offline.preprocess),
-                                         batch_size=1, num_workers=1,
-                                         multiprocessing_context="spawn")
+    loader = torch.utils.data.DataLoader(
+        ImageFiles([str(tmp_path / "drawn.png")], offline.preprocess),
+        batch_size=1,
+        num_workers=1,
+        multiprocessing_context="spawn",
+    )
     (batch,) = list(loader)
     assert torch.equal(batch[0], offline.preprocess(image))
 
 
 def test_unknown_encoder_names_the_valid_ones() -> None:
-    with pytest.raises(ParamsError, match="featurize.encoder='blip3' is not one of offline, "
-                                          "blip2, clip, siglip"):
+    with pytest.raises(
+        ParamsError, match="featurize.encoder='blip3' is not one of offline, blip2, clip, siglip"
+    ):
         featurize_cfg({"encoder": "blip3"})
     assert set(BACKENDS) == {"offline", "blip2", "clip", "siglip"}
 
@@ -114,8 +130,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_tiny_model_embeds_through_the_real_loading_code(tiny, name: str) -> None:
-    encoder = load_encoder(featurize_cfg({"encoder": name, name: {"model": str(tiny[name])}}),
-                           torch.device("cpu"))
+    encoder = load_encoder(
+        featurize_cfg({"encoder": name, name: {"model": str(tiny[name])}}), torch.device("cpu")
+    )
     _, text_dim, image_dim = TINY[name]
     assert (encoder.name, encoder.text_dim, encoder.image_dim) == (name, text_dim, image_dim)
     pixels = torch.stack([encoder.preprocess(p) for p in pictures()])
@@ -146,7 +163,11 @@ def test_hub_id_is_read_from_the_hf_cache(tiny, tmp_path: Path, monkeypatch) -> 
 def test_missing_weights_stop_with_instructions(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(EncoderError) as err:
-        load_encoder(featurize_cfg({"encoder": "blip2", "blip2": {"model": "Salesforce/blip2-opt-2.7b-coco"}}))
+        load_encoder(
+            featurize_cfg(
+                {"encoder": "blip2", "blip2": {"model": "Salesforce/blip2-opt-2.7b-coco"}}
+            )
+        )
     message = str(err.value)
     assert "Salesforce/blip2-opt-2.7b-coco" in message and "featurize.blip2.model" in message
     assert "save_pretrained" in message and str(tmp_path) in message

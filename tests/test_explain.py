@@ -1,5 +1,6 @@
 """Explanations without an encoder: the exact image decomposition, the modality split, the
 ERASER bookkeeping, and the offline page (escaped text, "no image", checked in Chromium)."""
+
 from __future__ import annotations
 
 import re
@@ -7,11 +8,18 @@ import re
 import numpy as np
 import pytest
 import torch
+from browser import render_dom, require_chromium
 from PIL import Image
 
-from browser import render_dom, require_chromium
-from stages.attribution import (Explanation, as_double, cell_contributions, drop_words,
-                                log_prob, modality_shapley, word_spans)
+from stages.attribution import (
+    Explanation,
+    as_double,
+    cell_contributions,
+    drop_words,
+    log_prob,
+    modality_shapley,
+    word_spans,
+)
 from stages.explain_page import post_card, render
 from stages.faithfulness import bootstrap, deletion_curve, drops, plan, summarise, top_k
 from stages.model import FusionMLP, predict_proba
@@ -23,8 +31,12 @@ def small_model(fusion: str = "gated", seed: int = 0) -> FusionMLP:
     torch.manual_seed(seed)
     module = FusionMLP({"text": 8, "image": 16}, 4, "both", fusion, (12, 6), 0.0)
     gen = torch.Generator().manual_seed(seed)
-    module.set_standardisation({"text": torch.randn(50, 8, generator=gen),
-                                "image": torch.randn(50, 16, generator=gen) * 2 + 1})
+    module.set_standardisation(
+        {
+            "text": torch.randn(50, 8, generator=gen),
+            "image": torch.randn(50, 16, generator=gen) * 2 + 1,
+        }
+    )
     return module.eval()
 
 
@@ -78,8 +90,16 @@ def test_modality_parts_sum_to_the_log_probability_difference(temperature: float
 def test_word_removal_deletes_words_and_keeps_the_rest_in_order() -> None:
     text = "Family  trapped on a roof,\tsend a boat"
     spans = word_spans(text)
-    assert [text[s:e] for s, e in spans] == ["Family", "trapped", "on", "a", "roof,", "send",
-                                             "a", "boat"]
+    assert [text[s:e] for s, e in spans] == [
+        "Family",
+        "trapped",
+        "on",
+        "a",
+        "roof,",
+        "send",
+        "a",
+        "boat",
+    ]
     keep = np.ones(len(spans), bool)
     keep[[1, 7]] = False
     assert drop_words(text, spans, keep) == "Family on a roof, send a"
@@ -93,8 +113,11 @@ def test_plan_caps_k_and_draws_random_units_reproducibly() -> None:
     assert masks.shape == (len(variants), 3) == (5 * 4 * 2, 3)
     again = plan(scores, 5, 3, np.random.default_rng(0))[1]
     np.testing.assert_array_equal(masks, again)
-    attributed = [m for v, m in zip(variants, masks) if v.source == "attributed"
-                  and v.mode == "comprehensiveness" and v.k == 1]
+    attributed = [
+        m
+        for v, m in zip(variants, masks)
+        if v.source == "attributed" and v.mode == "comprehensiveness" and v.k == 1
+    ]
     assert attributed[0].tolist() == [True, False, True]
     # k >= n: every unit removed (comprehensiveness) or kept (sufficiency), whatever the source
     for v, m in zip(variants, masks):
@@ -109,7 +132,7 @@ def test_summary_separates_a_faithful_ranking_from_random() -> None:
 
     rng = np.random.default_rng(0)
     good, shuffled = [], []
-    for i in range(30):
+    for _ in range(30):
         n = 6
         scores = np.zeros(n)
         scores[0] = 1.0
@@ -137,19 +160,51 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded() -> None:
 
 def explanation(text: str, has_image: bool, predicted: int = 1) -> Explanation:
     words = [text[s:e] for s, e in word_spans(text)]
-    return Explanation(text, words, np.linspace(-1, 1, len(words)),
-                       np.array([0.1, 0.6, 0.2, 0.1]), predicted, 0.3, 0.1, has_image,
-                       np.arange(49.0).reshape(7, 7) - 20 if has_image else None)
+    return Explanation(
+        text,
+        words,
+        np.linspace(-1, 1, len(words)),
+        np.array([0.1, 0.6, 0.2, 0.1]),
+        predicted,
+        0.3,
+        0.1,
+        has_image,
+        np.arange(49.0).reshape(7, 7) - 20 if has_image else None,
+    )
 
 
 def page(tmp_path) -> tuple[str, object]:
     hostile = 'Help <script>alert("x")</script> & <b>now</b> "quoted" <img src=x onerror=1>'
-    cards = [(True, post_card(explanation(hostile, True), 7, "relief_info", CLASSES,
-                              Image.new("RGB", (80, 60), (40, 90, 200)), 224 / 256)),
-             (False, post_card(explanation("roof collapsed send help", False), "8<i>",
-                               "urgent_help", CLASSES, None, 1.0))]
-    report = {"posts": 2, "k": [1, 2], "methods": {"text": "occlusion", "image": "feature_map"},
-              "text": {"posts": 0}}
+    cards = [
+        (
+            True,
+            post_card(
+                explanation(hostile, True),
+                7,
+                "relief_info",
+                CLASSES,
+                Image.new("RGB", (80, 60), (40, 90, 200)),
+                224 / 256,
+            ),
+        ),
+        (
+            False,
+            post_card(
+                explanation("roof collapsed send help", False),
+                "8<i>",
+                "urgent_help",
+                CLASSES,
+                None,
+                1.0,
+            ),
+        ),
+    ]
+    report = {
+        "posts": 2,
+        "k": [1, 2],
+        "methods": {"text": "occlusion", "image": "feature_map"},
+        "text": {"posts": 0},
+    }
     html = render(cards, report)
     path = tmp_path / "index.html"
     path.write_text(html, encoding="utf-8")
@@ -175,30 +230,50 @@ def test_page_draws_offline_in_chromium(tmp_path) -> None:
     assert "&lt;script&gt;alert" in dom and "no image" in dom
     images = re.findall(r'<img[^>]*src="(data:image/png;base64,[^"]+)"', dom)
     assert len(images) == 1
-    assert dom.count("<span style=\"background:") >= 10  # one shaded span per word
+    assert dom.count('<span style="background:') >= 10  # one shaded span per word
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("n_posts", 0, "explain.n_posts=0 must be in [1, inf]"),
-    ("k", [], "explain.k must list at least one"),
-    ("k", [0, 2], "explain.k[0]=0 must be in [1, inf]"),
-    ("steps", "many", "explain.steps='many' must be int"),
-])
-def test_bad_explain_params_are_refused_naming_the_key(tmp_path, monkeypatch, key, value,
-                                                        message) -> None:
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("n_posts", 0, "explain.n_posts=0 must be in [1, inf]"),
+        ("k", [], "explain.k must list at least one"),
+        ("k", [0, 2], "explain.k[0]=0 must be in [1, inf]"),
+        ("steps", "many", "explain.steps='many' must be int"),
+    ],
+)
+def test_bad_explain_params_are_refused_naming_the_key(
+    tmp_path, monkeypatch, key, value, message
+) -> None:
     import yaml
 
     from stages import explain
     from stages.params import ParamsError
 
-    cfg = {"method": "auto", "n_posts": 10, "steps": 4, "k": [1, 2], "random_draws": 2,
-           "bootstrap": 10, "page_posts": 2, "seed": 0, key: value}
+    cfg = {
+        "method": "auto",
+        "n_posts": 10,
+        "steps": 4,
+        "k": [1, 2],
+        "random_draws": 2,
+        "bootstrap": 10,
+        "page_posts": 2,
+        "seed": 0,
+        key: value,
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"explain": cfg}))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamsError, match=re.escape(message)):
         explain.main()
-    good = {"method": "auto", "n_posts": 10, "steps": 4, "k": [1, 2], "random_draws": 2,
-            "bootstrap": 10, "page_posts": 2}  # no seed: the missing key is named
+    good = {
+        "method": "auto",
+        "n_posts": 10,
+        "steps": 4,
+        "k": [1, 2],
+        "random_draws": 2,
+        "bootstrap": 10,
+        "page_posts": 2,
+    }  # no seed: the missing key is named
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"explain": good}))
     with pytest.raises(ParamsError, match="missing key 'explain.seed'"):
         explain.main()

@@ -2,13 +2,13 @@
 region removal by attribution must lower the predicted class's probability more than random
 removal, the interval of the difference above 0 (the stage scores through encode + the MLP,
 the path predict uses)."""
+
 from __future__ import annotations
 
 import csv
 import json
 
 import pytest
-
 from pipeline_clone import clean_run
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,9 @@ def test_attributed_removal_beats_random_on_the_sample(tmp_path_factory) -> None
     report = json.loads((clone.root / "reports" / "explain.json").read_text(encoding="utf-8"))
     assert report["posts"] > 0 and report["text"]["posts"] == report["posts"]
     assert (report["methods"]["text"], report["methods"]["image"]) == (
-        "integrated_gradients", "feature_map")
+        "integrated_gradients",
+        "feature_map",
+    )
     for modality in ("text", "image"):
         part = report[modality]
         assert part["posts"] > 0, modality
@@ -47,4 +49,5 @@ def test_dvc_plots_show_draws_the_deletion_curve_offline(tmp_path_factory, tmp_p
     assert reader.svg.get(name), "the deletion curve was not drawn"
     assert reader.paths[name].get("mark-line", 0) >= 4  # attributed and random, text and image
     assert {"text_attributed", "text_random", "image_attributed", "image_random"} <= set(
-        reader.texts[name])
+        reader.texts[name]
+    )

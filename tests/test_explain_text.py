@@ -1,6 +1,7 @@
 """Word attributions through real encoders: a planted word must be found, and must be what the
 model needs (ERASER against random), by integrated gradients through the real MiniLM and by
 occlusion (also through a tiny CLIP); a re-initialised MLP must explain differently."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,17 +9,18 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import spearmanr
+from shipped_params import featurize_cfg
+from tiny_models import save_tiny_clip
 
 from stages.attribution import Explainer
 from stages.encoders import load_encoder
 from stages.faithfulness import measure
 from stages.model import FusionMLP
-from tiny_models import save_tiny_clip
-from shipped_params import featurize_cfg
 
 KEY = "rescue"
-FILLER = ("the a in of on is are we our city road bridge photo storm water food people "
-          "shelter fire").split()
+FILLER = (
+    "the a in of on is are we our city road bridge photo storm water food people shelter fire"
+).split()
 
 
 def planted_posts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -38,8 +40,9 @@ def train_planted(encoder, seed: int = 0) -> FusionMLP:
     x = torch.as_tensor(encoder.encode_text(texts))
     y = torch.as_tensor(labels)
     torch.manual_seed(seed)
-    module = FusionMLP({"text": encoder.text_dim, "image": encoder.image_dim}, 2, "text",
-                       "concat", (32, 16), 0.0)
+    module = FusionMLP(
+        {"text": encoder.text_dim, "image": encoder.image_dim}, 2, "text", "concat", (32, 16), 0.0
+    )
     module.set_standardisation({"text": x})
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     for _ in range(150):
@@ -55,14 +58,18 @@ def train_planted(encoder, seed: int = 0) -> FusionMLP:
 @pytest.fixture(scope="module")
 def offline():
     # 64 px images: the text is what these tests are about; fp32 for stable gradients.
-    return load_encoder(featurize_cfg({"encoder": "offline", "offline": {"image_size": 64, "bf16": False}}),
-                        torch.device("cpu"))
+    return load_encoder(
+        featurize_cfg({"encoder": "offline", "offline": {"image_size": 64, "bf16": False}}),
+        torch.device("cpu"),
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     path = save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
-    return load_encoder(featurize_cfg({"encoder": "clip", "clip": {"model": str(path)}}), torch.device("cpu"))
+    return load_encoder(
+        featurize_cfg({"encoder": "clip", "clip": {"model": str(path)}}), torch.device("cpu")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +94,9 @@ def first_word_rate(exps) -> float:
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "occlusion"])
-def test_planted_word_ranks_first_and_beats_random_removal(offline, planted, held_out,
-                                                           method) -> None:
+def test_planted_word_ranks_first_and_beats_random_removal(
+    offline, planted, held_out, method
+) -> None:
     module = planted
     explainer, exps = explain(module, offline, held_out, method)
     assert explainer.text_method == method
@@ -107,8 +115,9 @@ def test_planted_word_ranks_first_and_beats_random_removal(offline, planted, hel
 def test_integrated_gradients_go_through_the_same_vectors_as_the_encoder(offline) -> None:
     st = offline.text_model
     texts = ["people trapped on the roof, send a boat", "RT @x: 🙏 pray"]
-    tok = st.tokenizer(texts, padding=True, truncation=True, max_length=st.max_seq_length,
-                       return_tensors="pt")
+    tok = st.tokenizer(
+        texts, padding=True, truncation=True, max_length=st.max_seq_length, return_tensors="pt"
+    )
     with torch.no_grad():
         ours = st(dict(tok))["sentence_embedding"].numpy()
     np.testing.assert_allclose(ours, offline.encode_text(texts), atol=1e-5)
@@ -116,10 +125,12 @@ def test_integrated_gradients_go_through_the_same_vectors_as_the_encoder(offline
 
 def test_a_reinitialised_mlp_explains_differently(offline, planted, held_out) -> None:
     trained = planted
-    random_mlp = FusionMLP({"text": offline.text_dim, "image": offline.image_dim}, 2, "text",
-                           "concat", (32, 16), 0.0)
-    random_mlp.load_state_dict({k: v for k, v in trained.state_dict().items() if "mean" in k
-                                or "std" in k}, strict=False)  # same standardisation only
+    random_mlp = FusionMLP(
+        {"text": offline.text_dim, "image": offline.image_dim}, 2, "text", "concat", (32, 16), 0.0
+    )
+    random_mlp.load_state_dict(
+        {k: v for k, v in trained.state_dict().items() if "mean" in k or "std" in k}, strict=False
+    )  # same standardisation only
     _, a = explain(trained, offline, held_out)
     _, b = explain(random_mlp.eval(), offline, held_out)
     rho = [spearmanr(x.word_scores, y.word_scores)[0] for x, y in zip(a, b)]
@@ -148,14 +159,21 @@ def test_occlusion_through_a_tiny_clip_scores_words_and_maps_regions(tiny_clip) 
     e = exps[0]
     # A word's score is log p(post) - log p(post without that word), the word deleted.
     without = tiny_clip.encode_text(["people trapped on the bridge send rescue"])
-    logp = np.log(explainer.target_proba(np.stack([e.text_vec, without[0]]),
-                                         np.stack([e.image_vec] * 2), e.predicted))
+    logp = np.log(
+        explainer.target_proba(
+            np.stack([e.text_vec, without[0]]), np.stack([e.image_vec] * 2), e.predicted
+        )
+    )
     assert e.word_scores[5] == pytest.approx(logp[0] - logp[1], abs=1e-5)
     assert e.regions.shape == (7, 7) and np.abs(e.regions).max() > 0
     kept = explainer.region_vectors(e.image_view, np.ones((1, 49), bool))
     np.testing.assert_allclose(kept[0], e.image_vec, atol=1e-5)
-    assert np.abs(explainer.region_vectors(e.image_view, np.eye(49, dtype=bool)[:3])
-                  - e.image_vec).max() > 1e-4
+    assert (
+        np.abs(
+            explainer.region_vectors(e.image_view, np.eye(49, dtype=bool)[:3]) - e.image_vec
+        ).max()
+        > 1e-4
+    )
 
 
 def test_feature_map_regions_come_from_the_encoders_own_map(offline) -> None:
@@ -174,13 +192,19 @@ def test_feature_map_regions_come_from_the_encoders_own_map(offline) -> None:
     # Occlusion with this encoder removes the same cells: its score is that removal's drop.
     occlusion = Explainer(module, offline, "occlusion")
     assert (occlusion.image_method, occlusion.image_removal) == (
-        "occlusion", "feature_cell_to_training_mean")
+        "occlusion",
+        "feature_cell_to_training_mean",
+    )
     text = np.zeros(offline.text_dim, np.float32)
     scores = occlusion.region_scores(maps, text, vector, 0)
     assert scores.shape == maps.shape[1:]
     one = np.ones((1, cells), bool)
     one[0, 0] = False
-    logp = np.log(occlusion.target_proba(np.stack([text] * 2),
-                                         np.concatenate([vector[None],
-                                                         occlusion.region_vectors(maps, one)]), 0))
+    logp = np.log(
+        occlusion.target_proba(
+            np.stack([text] * 2),
+            np.concatenate([vector[None], occlusion.region_vectors(maps, one)]),
+            0,
+        )
+    )
     assert scores[0, 0] == pytest.approx(logp[0] - logp[1], abs=1e-6)

@@ -1,5 +1,6 @@
 """featurize: the output contract, one embedding per distinct input, resuming, sharing the work
 between processes, clear errors, and the DVC stage declaration."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,25 +19,27 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 from safetensors.numpy import load_file
+from shipped_params import featurize_cfg
 
 from stages import featurize
 from stages.csvsafe import write_csv
 from stages.encoders import Encoder
 from stages.feature_store import write_safetensors
-from shipped_params import featurize_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
 # (split, id, text, image number, label): images 0 and 2 are shared, text "help us" repeats.
-POSTS = [("train", 11, "people trapped on the roof, help us", 0, "urgent_help"),
-         ("train", 12, "shelter open at the school", 1, "relief_info"),
-         ("train", 13, "help us", 0, "urgent_help"),
-         ("train", 14, "this photo is fake", 2, "misinformation"),
-         ("train", 15, "lol", 3, "irrelevant"),
-         ("val", 21, "help us", 2, "misinformation"),
-         ("val", 22, "donations: water, food", 4, "relief_info"),
-         ("test", 31, "bridge collapsed downtown", 5, "urgent_help"),
-         ("test", 32, "", 5, "irrelevant")]
+POSTS = [
+    ("train", 11, "people trapped on the roof, help us", 0, "urgent_help"),
+    ("train", 12, "shelter open at the school", 1, "relief_info"),
+    ("train", 13, "help us", 0, "urgent_help"),
+    ("train", 14, "this photo is fake", 2, "misinformation"),
+    ("train", 15, "lol", 3, "irrelevant"),
+    ("val", 21, "help us", 2, "misinformation"),
+    ("val", 22, "donations: water, food", 4, "relief_info"),
+    ("test", 31, "bridge collapsed downtown", 5, "urgent_help"),
+    ("test", 32, "", 5, "irrelevant"),
+]
 FILES = {"train": "train_balanced.csv", "val": "val.csv", "test": "test_balanced.csv"}
 
 
@@ -50,10 +53,14 @@ def make_dataset(root: Path) -> Path:
         (dataset / folder).mkdir(parents=True, exist_ok=True)
         image.save(dataset / folder / f"{n}.png")
     for split, name in FILES.items():
-        rows = [(i, text, f"{'images_test' if img == 5 else 'images_train'}/{img}.png", label)
-                for s, i, text, img, label in POSTS if s == split]
+        rows = [
+            (i, text, f"{'images_test' if img == 5 else 'images_train'}/{img}.png", label)
+            for s, i, text, img, label in POSTS
+            if s == split
+        ]
         pd.DataFrame(rows, columns=["id", "text", "image_path", "label"]).to_csv(
-            dataset / name, index=False)
+            dataset / name, index=False
+        )
     (dataset / "classes.json").write_text(json.dumps(CLASSES))
     return dataset
 
@@ -75,8 +82,13 @@ class FakeEncoder(Encoder):
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         self.seen["text"] += texts
-        return np.array([np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], np.uint32)
-                         / 2**32 for t in texts], np.float32).reshape(-1, 4)
+        return np.array(
+            [
+                np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], np.uint32) / 2**32
+                for t in texts
+            ],
+            np.float32,
+        ).reshape(-1, 4)
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         if self.fail_after is not None and len(self.seen["image"]) >= self.fail_after:
@@ -88,16 +100,28 @@ class FakeEncoder(Encoder):
         return self.weights
 
 
-def run_fake(root: Path, encoder: Encoder, shard_size: int = 2, ranks: tuple = ((0, 1),),
-             num_workers: int = 0) -> dict[str, dict[str, np.ndarray]]:
+def run_fake(
+    root: Path,
+    encoder: Encoder,
+    shard_size: int = 2,
+    ranks: tuple = ((0, 1),),
+    num_workers: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
     """Run the stage's core with `encoder`, each (rank, world) in turn, then assemble."""
     frames = {s: featurize.read_split(root / "dataset" / f, CLASSES) for s, f in FILES.items()}
-    cfg = featurize_cfg({"batch_size": 2, "text_batch_size": 3, "num_workers": num_workers,
-                         "shard_size": shard_size})
+    cfg = featurize_cfg(
+        {
+            "batch_size": 2,
+            "text_batch_size": 3,
+            "num_workers": num_workers,
+            "shard_size": shard_size,
+        }
+    )
     for rank, world in ranks:
         texts, images = featurize.embed(frames, encoder, cfg, root / "work", rank, world)
-    featurize.write_features(frames, texts, images, encoder, cfg, root / "work",
-                             root / "features", CLASSES)
+    featurize.write_features(
+        frames, texts, images, encoder, cfg, root / "work", root / "features", CLASSES
+    )
     return {s: load_file(root / "features" / f"{s}.safetensors") for s in FILES}
 
 
@@ -116,8 +140,11 @@ def test_stage_writes_the_contract_deterministically(tmp_path: Path, monkeypatch
     assert not (tmp_path / featurize.WORK_DIR).exists()
     train = load_file(tmp_path / "features" / "train.safetensors")
     assert {k: (v.dtype.name, v.shape) for k, v in train.items()} == {
-        "text": ("float32", (5, 384)), "image": ("float32", (5, 1280)),
-        "label": ("int64", (5,)), "id": ("int64", (5,))}
+        "text": ("float32", (5, 384)),
+        "image": ("float32", (5, 1280)),
+        "label": ("int64", (5,)),
+        "id": ("int64", (5,)),
+    }
     assert train["id"].tolist() == [11, 12, 13, 14, 15]
     assert train["label"].tolist() == [0, 1, 0, 2, 3]
     assert np.array_equal(train["image"][0], train["image"][2])  # shared image
@@ -126,18 +153,20 @@ def test_stage_writes_the_contract_deterministically(tmp_path: Path, monkeypatch
     assert np.array_equal(val["text"][0], train["text"][2])  # same text across splits
     # The stage's vectors are the encoder's own for that post.
     from stages.encoders import load_encoder
+
     encoder = load_encoder(featurize_cfg(params["featurize"]), torch.device("cpu"))
     pixels = encoder.preprocess(Image.open(tmp_path / "dataset/images_train/1.png").convert("RGB"))
-    np.testing.assert_allclose(encoder.encode_images(pixels[None])[0], train["image"][1],
-                               atol=1e-5)
-    np.testing.assert_allclose(encoder.encode_text(["shelter open at the school"])[0],
-                               train["text"][1], atol=1e-2)
+    np.testing.assert_allclose(encoder.encode_images(pixels[None])[0], train["image"][1], atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.encode_text(["shelter open at the school"])[0], train["text"][1], atol=1e-2
+    )
     featurize.main()  # a second run gives the same bytes
     assert first == {s: (tmp_path / "features" / f"{s}.safetensors").read_bytes() for s in FILES}
 
 
-def test_torch_runtime_gives_the_onnx_features_within_tolerance(tmp_path: Path,
-                                                                monkeypatch) -> None:
+def test_torch_runtime_gives_the_onnx_features_within_tolerance(
+    tmp_path: Path, monkeypatch
+) -> None:
     """`-S featurize.offline.runtime=torch` still runs the stage; its features are the
     default (onnx) run's to cosine >= 0.9999, under another fingerprint."""
     out = {}
@@ -149,8 +178,10 @@ def test_torch_runtime_gives_the_onnx_features_within_tolerance(tmp_path: Path,
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         monkeypatch.chdir(root)
         featurize.main()
-        out[runtime] = ({s: load_file(root / "features" / f"{s}.safetensors") for s in FILES},
-                        json.loads((root / "features" / "meta.json").read_text()))
+        out[runtime] = (
+            {s: load_file(root / "features" / f"{s}.safetensors") for s in FILES},
+            json.loads((root / "features" / "meta.json").read_text()),
+        )
     (onnx, onnx_meta), (eager, eager_meta) = out["onnx"], out["torch"]
     assert onnx_meta["fingerprint"] != eager_meta["fingerprint"]
     for split in FILES:
@@ -179,8 +210,9 @@ def test_formula_escaped_cells_are_read_back_as_written(tmp_path: Path) -> None:
     write_csv(frame, dataset / "test_balanced.csv")  # as prepare writes it: '=HYPERLINK...
     assert "'=HYPERLINK" in (dataset / "test_balanced.csv").read_text()
     out = run_fake(tmp_path, FakeEncoder())
-    np.testing.assert_array_equal(out["test"]["text"][0],
-                                  FakeEncoder().encode_text(['=HYPERLINK("x")'])[0])
+    np.testing.assert_array_equal(
+        out["test"]["text"][0], FakeEncoder().encode_text(['=HYPERLINK("x")'])[0]
+    )
 
 
 def test_an_empty_split_gives_empty_matrices(tmp_path: Path) -> None:
@@ -196,7 +228,9 @@ def test_a_killed_run_resumes_from_its_complete_shards(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="killed"):
         run_fake(tmp_path, FakeEncoder(fail_after_images=4))  # shards of 2: dies in the third
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [
-        "image-00000.safetensors", "image-00001.safetensors"]
+        "image-00000.safetensors",
+        "image-00001.safetensors",
+    ]
     resumed = FakeEncoder()
     out = run_fake(tmp_path, resumed)
     assert len(resumed.seen["image"]) == 2  # only the last shard's two images
@@ -218,15 +252,19 @@ def test_two_processes_give_the_same_file_as_one(tmp_path: Path) -> None:
         run_fake(tmp_path / name, encoder, ranks=ranks)
         assert len(encoder.seen["image"]) == 6  # each shard by exactly one process
     for split in FILES:
-        assert (tmp_path / "one/features" / f"{split}.safetensors").read_bytes() == \
-            (tmp_path / "two/features" / f"{split}.safetensors").read_bytes()
+        assert (tmp_path / "one/features" / f"{split}.safetensors").read_bytes() == (
+            tmp_path / "two/features" / f"{split}.safetensors"
+        ).read_bytes()
 
 
-@pytest.mark.parametrize("column, value, message", [
-    ("label", "rumour", r"val.csv data row 2 \(id '22', label 'rumour'\): label is not one of"),
-    ("id", "x7", r"val.csv data row 2 \(id 'x7'.*id is not an integer"),
-    ("image_path", "images_train/nope.png", r"val.csv data row 2: image .*nope.png does not"),
-])
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("label", "rumour", r"val.csv data row 2 \(id '22', label 'rumour'\): label is not one of"),
+        ("id", "x7", r"val.csv data row 2 \(id 'x7'.*id is not an integer"),
+        ("image_path", "images_train/nope.png", r"val.csv data row 2: image .*nope.png does not"),
+    ],
+)
 def test_bad_rows_are_named(tmp_path: Path, column: str, value: str, message: str) -> None:
     dataset = make_dataset(tmp_path)
     frame = pd.read_csv(dataset / "val.csv", dtype=str, keep_default_na=False)
@@ -262,13 +300,21 @@ def test_dvc_stage_reads_only_featurize_params_and_its_inputs() -> None:
     assert stage["params"] == ["featurize"]
     # Code deps are checked against the import closure in tests/test_deps.py; here the data.
     assert {"dataset/classes.json", "dataset/images_train", "dataset/images_test"} | {
-        f"dataset/{name}" for name in FILES.values()} <= set(stage["deps"])
+        f"dataset/{name}" for name in FILES.values()
+    } <= set(stage["deps"])
     assert stage["outs"] == ["features"]
+
 
 def run(cmd: list[str], cwd: Path, **env: str) -> str:
     """stdout and stderr of a command that must succeed."""
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    done = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    )
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
 
@@ -276,8 +322,7 @@ def run(cmd: list[str], cwd: Path, **env: str) -> str:
 def project_copy(root: Path) -> Path:
     """A git + DVC project holding the stage code, params.yaml, the featurize stage of
     dvc.yaml and a tiny dataset."""
-    shutil.copytree(REPO / "stages", root / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"featurize": featurize_stage()}}))
     make_dataset(root)
@@ -307,29 +352,61 @@ def test_dvc_repro_then_exp_run_with_tiny_blip2(tmp_path: Path) -> None:
     assert re.search(r"modified:\s+featurize", run(dvc + ["status", "featurize"], root, **path))
     tiny = save_tiny_blip2(tmp_path / "tiny-blip2")
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "params"], root)
-    run(dvc + ["exp", "run", "-S", "featurize.encoder=blip2", "-S",
-               f"featurize.blip2.model={tiny}", "featurize"], root, **path)
+    run(
+        dvc
+        + [
+            "exp",
+            "run",
+            "-S",
+            "featurize.encoder=blip2",
+            "-S",
+            f"featurize.blip2.model={tiny}",
+            "featurize",
+        ],
+        root,
+        **path,
+    )
     meta = json.loads((root / "features/meta.json").read_text())
     assert (meta["encoder"], meta["model"], meta["dims"]) == (
-        "blip2", str(tiny), {"text": 24, "image": 32})
+        "blip2",
+        str(tiny),
+        {"text": 24, "image": 32},
+    )
     assert load_file(root / "features/train.safetensors")["image"].shape == (5, 32)
 
 
 @pytest.mark.slow
 def test_accelerate_two_cpu_processes_match_one(tmp_path: Path) -> None:
     outputs = {}
-    for name, launch in (("one", [sys.executable, "-m", "stages.featurize"]),
-                         ("two", [str(Path(sys.executable).parent / "accelerate"), "launch",
-                                  "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                  "--mixed_precision", "no", "--dynamo_backend", "no",
-                                  "-m", "stages.featurize"])):
+    for name, launch in (
+        ("one", [sys.executable, "-m", "stages.featurize"]),
+        (
+            "two",
+            [
+                str(Path(sys.executable).parent / "accelerate"),
+                "launch",
+                "--multi_gpu",
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                "-m",
+                "stages.featurize",
+            ],
+        ),
+    ):
         root = tmp_path / name
         make_dataset(root)
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params["featurize"].update(encoder="offline", shard_size=2)
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        shutil.copytree(REPO / "stages", root / "stages",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__")
+        )
         logs = run(launch, root)
         if name == "two":  # each process took its own shards: 3 distinct images in each
             assert "process 1/2: 2 of 3 image shards" in logs, logs

@@ -1,16 +1,18 @@
 """Leak-free grouping and group splits: near-duplicate images and repeated texts stay on one
 side, short captions and the white dummy never chain posts, shares are met for any value."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from stages import groups, split as splitting
+from stages import groups
+from stages import split as splitting
 
 
 def _variants(make_image: Callable[..., Path], tmp_path: Path) -> dict[str, Path]:
@@ -34,7 +36,9 @@ def test_near_duplicates_group_and_unrelated_do_not(make_image, tmp_path: Path) 
     paths = _variants(make_image, tmp_path)
     hashes = {name: groups.image_hash(p) for name, p in paths.items()}
     names = list(hashes)
-    pairs = {(names[a], names[b]) for a, b in groups.near_pairs(np.array(list(hashes.values())), 30)}
+    pairs = {
+        (names[a], names[b]) for a, b in groups.near_pairs(np.array(list(hashes.values())), 30)
+    }
     assert {("orig", "copy"), ("orig", "crop"), ("copy", "crop")} <= pairs
     assert not {p for p in pairs if "other" in p}
     assert groups.near_pairs(np.array(list(hashes.values())), -1) == []  # off: none
@@ -44,41 +48,50 @@ def test_group_rows_relations() -> None:
     rng = np.random.default_rng(0)
     h = {d: rng.integers(0, 2, 256).astype(bool) for d in "abcd"}  # ~128 bits apart
     h["c"] = h["a"].copy()
-    h["c"][:20] = ~h["c"][:20]          # 20 bits from a: a near duplicate
-    texts = ["flood water rising in the city", "RT @x: Flood water rising in the city! http://t.co/1",
-             "#sandy", "#sandy", "", "", "one two three four five", "other post about nothing"]
+    h["c"][:20] = ~h["c"][:20]  # 20 bits from a: a near duplicate
+    texts = [
+        "flood water rising in the city",
+        "RT @x: Flood water rising in the city! http://t.co/1",
+        "#sandy",
+        "#sandy",
+        "",
+        "",
+        "one two three four five",
+        "other post about nothing",
+    ]
     digests = ["a", "b", "DUMMY", "d", "DUMMY", "DUMMY", "c", "b"]
     found = groups.group_rows(digests, texts, [None] * 8, "DUMMY", h, 30, 4, by_event=False)
     g = found.group
-    assert g[0] == g[1]                   # same text (retweet): one group
-    assert g[1] == g[7]                   # same image b
-    assert g[6] == g[0]                   # c is a near duplicate of a
-    assert g[2] != g[3]                   # "#sandy" is too short to link
+    assert g[0] == g[1]  # same text (retweet): one group
+    assert g[1] == g[7]  # same image b
+    assert g[6] == g[0]  # c is a near duplicate of a
+    assert g[2] != g[3]  # "#sandy" is too short to link
     assert g[4] != g[5] and g[2] != g[4]  # the dummy never links
     assert found.merged == {"same_image": 1, "near_duplicate_image": 1, "same_text": 1}
     assert found.largest == 4 and found.count == 5
     loose = groups.group_rows(digests, texts, [None] * 8, "DUMMY", h, -1, 100, by_event=False)
-    assert loose.count == 7               # negative control: only the same image b links
+    assert loose.count == 7  # negative control: only the same image b links
 
 
 def test_events_group_when_held_out_by_event() -> None:
     events = ["sandy", "sandy", "nepal", None]
-    found = groups.group_rows(["DUMMY"] * 4, ["a", "b", "c", "d"], events, "DUMMY", {}, 30, 4,
-                              by_event=True)
+    found = groups.group_rows(
+        ["DUMMY"] * 4, ["a", "b", "c", "d"], events, "DUMMY", {}, 30, 4, by_event=True
+    )
     assert found.group[0] == found.group[1] != found.group[2] != found.group[3]
 
 
 @pytest.mark.parametrize("share", [0.1, 0.2, 0.3, 0.4, 0.6, 0.9])
 def test_holdout_hits_any_share(share: float) -> None:
     rng = np.random.default_rng(0)
-    sizes = np.concatenate([[400], rng.integers(1, 30, 400)])   # one giant group, many small
+    sizes = np.concatenate([[400], rng.integers(1, 30, 400)])  # one giant group, many small
     groups_ = np.repeat(np.arange(len(sizes)), sizes).astype(str)
     labels = np.array(["a", "b", "c"])[rng.integers(0, 3, len(sizes))][groups_.astype(int)]
     held = splitting.holdout(labels, groups_, share, seed=1)
     assert abs(held.mean() - share) <= 0.02
     for c in "abc":
         assert abs(held[labels == c].mean() - share) <= 0.03
-    assert pd.Series(held).groupby(groups_).nunique().max() == 1   # groups are never cut
+    assert pd.Series(held).groupby(groups_).nunique().max() == 1  # groups are never cut
 
 
 def test_fixed_split_leaks_are_dropped_or_kept() -> None:

@@ -1,4 +1,5 @@
 """The network module: standardisation buffers, fusion variants, save/load, predict_proba."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,19 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from stages.model import (FusionMLP, load_model, predict_proba, read_features, save_model)
 from synthetic_features import make_split
+
+from stages.model import FusionMLP, load_model, predict_proba, read_features, save_model
 
 DIMS = {"text": 6, "image": 10}
 
 
 def _features(n: int = 50, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"text": torch.randn(n, 6, generator=g) * 3 + 7,
-            "image": torch.randn(n, 10, generator=g) * 0.5 - 2}
+    return {
+        "text": torch.randn(n, 6, generator=g) * 3 + 7,
+        "image": torch.randn(n, 10, generator=g) * 0.5 - 2,
+    }
 
 
 def test_standardisation_uses_training_statistics_and_guards_constant_features() -> None:
@@ -31,8 +34,10 @@ def test_standardisation_uses_training_statistics_and_guards_constant_features()
     assert model.image_std[0] == 1.0 and model.image_mean[0] == 4.0
 
 
-@pytest.mark.parametrize("modality,fusion", [("both", "concat"), ("both", "gated"),
-                                             ("text", "concat"), ("image", "gated")])
+@pytest.mark.parametrize(
+    "modality,fusion",
+    [("both", "concat"), ("both", "gated"), ("text", "concat"), ("image", "gated")],
+)
 def test_forward_shapes_and_modality_inputs(modality: str, fusion: str) -> None:
     model = FusionMLP(DIMS, 3, modality, fusion, hidden=[8, 4], dropout=0.0).eval()
     feats = _features(5)
@@ -113,8 +118,10 @@ def test_read_features_accepts_contract_and_rejects_deviations(tmp_path) -> None
         "no 'id' tensor": {k: v for k, v in good.items() if k != "id"},
         "'label' is torch.int32": {**good, "label": good["label"].int()},
         "'image' has shape": {**good, "image": good["image"][:5]},
-        "NaN/inf values": {**good, "text": good["text"].clone().index_fill_(0,
-                                                                        torch.tensor([2]), float("nan"))},
+        "NaN/inf values": {
+            **good,
+            "text": good["text"].clone().index_fill_(0, torch.tensor([2]), float("nan")),
+        },
     }
     for message, tensors in cases.items():
         save_file(tensors, str(path))

@@ -1,6 +1,7 @@
 """The offline encoder's ONNX runtime: the same vectors as PyTorch on real posts, the same bits
 whatever the threads and batch, an export cache that a second load reuses and that a failed or
 damaged export cannot poison, and settings that are refused with the key named."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from stages.encoders import EncoderError, load_encoder
-from stages.encoders import onnx_graph
-from stages.images import load_image
 from shipped_params import featurize_cfg
+
+from stages.encoders import EncoderError, load_encoder, onnx_graph
+from stages.images import load_image
 from stages.params import ParamsError
 
 RAW = Path(__file__).resolve().parents[1] / "dataset" / "raw"
@@ -23,9 +23,12 @@ POSTS = 6  # real posts of the shipped sample: a handful keeps the test fast
 
 
 def encoder(runtime: str, **extra) -> object:
-    return load_encoder(featurize_cfg({"encoder": "offline",
-                         "offline": {"image_size": 224, "runtime": runtime, **extra}}),
-                        torch.device("cpu"))
+    return load_encoder(
+        featurize_cfg(
+            {"encoder": "offline", "offline": {"image_size": 224, "runtime": runtime, **extra}}
+        ),
+        torch.device("cpu"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_onnx_vectors_do_not_depend_on_threads_or_batch(runtimes, posts) -> None
     texts, pixels = posts
     onnx = runtimes["onnx"]
     batch, text = onnx.encode_images(pixels), onnx.encode_text(texts)
-    one_by_one = np.concatenate([onnx.encode_images(pixels[i:i + 1]) for i in range(POSTS)])
+    one_by_one = np.concatenate([onnx.encode_images(pixels[i : i + 1]) for i in range(POSTS)])
     np.testing.assert_array_equal(one_by_one, batch)
     threads = torch.get_num_threads()
     try:
@@ -103,8 +106,11 @@ def test_fingerprint_names_the_runtime_and_its_versions(runtimes, monkeypatch) -
 def test_bf16_and_unknown_runtimes_are_refused_naming_the_key() -> None:
     with pytest.raises(ParamsError, match=r"featurize\.offline\.bf16: true needs .*runtime: torch"):
         encoder("onnx", bf16=True)
-    with pytest.raises(ParamsError, match=r"featurize\.offline\.runtime='tensorrt' is not one "
-                                          r"of onnx, torch"):
+    with pytest.raises(
+        ParamsError,
+        match=r"featurize\.offline\.runtime='tensorrt' is not one "
+        r"of onnx, torch",
+    ):
         encoder("tensorrt")
 
 
@@ -136,8 +142,9 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no partial files
 
 
-def test_a_failed_export_leaves_no_graph_and_a_damaged_one_is_redone(tmp_path, monkeypatch,
-                                                                     caplog) -> None:
+def test_a_failed_export_leaves_no_graph_and_a_damaged_one_is_redone(
+    tmp_path, monkeypatch, caplog
+) -> None:
     monkeypatch.setenv(onnx_graph.CACHE_ENV, str(tmp_path))
     path = onnx_graph.graph_path("doubler", {"weights": "abc"})
     real_export = torch.onnx.export
@@ -156,8 +163,9 @@ def test_a_failed_export_leaves_no_graph_and_a_damaged_one_is_redone(tmp_path, m
     with caplog.at_level(logging.WARNING):
         fixed = onnx_graph.cached_session(path, build_doubler, 1)
     assert "does not load" in caplog.text and "exporting it again" in caplog.text
-    np.testing.assert_array_equal(fixed.run(None, {"x": np.ones((1, 3), np.float32)})[0],
-                                  [[2.0, 2.0, 2.0]])
+    np.testing.assert_array_equal(
+        fixed.run(None, {"x": np.ones((1, 3), np.float32)})[0], [[2.0, 2.0, 2.0]]
+    )
 
 
 def test_the_explain_map_is_the_one_the_features_average(runtimes, posts) -> None:
@@ -167,6 +175,7 @@ def test_the_explain_map_is_the_one_the_features_average(runtimes, posts) -> Non
     onnx = runtimes["onnx"]
     maps = onnx.image_net.extract_features(pixels[:2])
     assert isinstance(onnx.image_net, torch.nn.Module) and maps.shape == (2, 1280, 7, 7)
-    np.testing.assert_array_equal(maps.float().mean(dim=(2, 3)).numpy(),
-                                  onnx.encode_images(pixels[:2]))
+    np.testing.assert_array_equal(
+        maps.float().mean(dim=(2, 3)).numpy(), onnx.encode_images(pixels[:2])
+    )
     json.dumps(onnx.settings)  # the settings that enter the fingerprint are plain JSON

@@ -7,6 +7,7 @@ real `dvc plots show` writes the page; headless Chromium, its network blocked, l
 the test reads what Vega drew. DVC's own CDN page, in the same browser, draws nothing: that
 control shows the browser really is offline.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import render_dom, require_chromium
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["urgent_help", "relief_info", "misinformation", "irrelevant"]
@@ -80,7 +80,11 @@ class PlotReader(HTMLParser):
         cls = dict(attrs).get("class") or ""
         if self.current is None and tag == "div" and dict(attrs).get("id") in self.plot_ids:
             self.current, self.depth = dict(attrs)["id"], len(self.stack)
-            self.svg[self.current], self.paths[self.current], self.texts[self.current] = False, {}, []
+            self.svg[self.current], self.paths[self.current], self.texts[self.current] = (
+                False,
+                {},
+                [],
+            )
         elif self.current is not None:
             if tag == "svg" and "marks" in cls.split():
                 self.svg[self.current] = True
@@ -112,12 +116,14 @@ def dvc(*args: str, cwd: Path) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, env=_env(), capture_output=True, text=True
     )
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    assert proc.returncode == 0, (
+        f"dvc {' '.join(args)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    )
     return proc.stdout
 
 
 def write_plot_data(project: Path) -> None:
-    """Predictions and per-epoch curves in the shapes stages/evaluate.py and stages/train.py write."""
+    """Predictions and per-epoch curves in the shapes stages/evaluate.py and train.py write."""
     rng = np.random.default_rng(0)
     reports = project / "reports"
     reports.mkdir()
@@ -137,8 +143,10 @@ def write_plot_data(project: Path) -> None:
     curves = reports / "plots" / "precision_recall"
     curves.mkdir(parents=True)
     for name in CLASSES[:2]:
-        points = [{"recall": round(1 - t, 3), "precision": round(0.25 + 0.7 * t, 3)}
-                  for t in np.linspace(0, 1, 9)]
+        points = [
+            {"recall": round(1 - t, 3), "precision": round(0.25 + 0.7 * t, 3)}
+            for t in np.linspace(0, 1, 9)
+        ]
         (curves / f"{name}.json").write_text(json.dumps(points))
     (reports / "figures").mkdir()
     Image.new("RGB", (40, 30), (200, 40, 40)).save(reports / "figures" / "per_class_f1.png")
@@ -175,7 +183,9 @@ def vega_div_ids(html: str) -> set[str]:
 def test_template_is_regenerated_from_the_vendored_files() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "vendor_vega.py"), "--check"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -190,7 +200,9 @@ def test_config_names_the_project_template(project: Path) -> None:
 def test_page_loads_nothing_from_the_network(project: Path, page: Path) -> None:
     html = page.read_text(encoding="utf-8")
     remote = re.findall(
-        r"""<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//[^"'\s>]*""", html, re.I
+        r"""<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//[^"'\s>]*""",
+        html,
+        re.I,
     )
     assert remote == [], f"the page fetches {remote}"
     for name in ("vega@5", "vega-lite@5", "vega-embed@6"):
@@ -220,7 +232,9 @@ def test_chromium_offline_draws_every_plot(page: Path) -> None:
 
     curves = dom_id(CURVES)
     assert {"step", "loss", CURVES} <= set(reader.texts[curves])
-    assert reader.paths[curves].get("mark-line", 0) >= 2, f"train and val lines: {reader.paths[curves]}"
+    assert reader.paths[curves].get("mark-line", 0) >= 2, (
+        f"train and val lines: {reader.paths[curves]}"
+    )
 
 
 def test_control_dvc_default_cdn_page_draws_nothing_offline(project: Path, tmp_path: Path) -> None:
@@ -233,7 +247,9 @@ def test_control_dvc_default_cdn_page_draws_nothing_offline(project: Path, tmp_p
     out = tmp_path / "cdn"
     dvc("plots", "show", "-o", str(out), "--html-template", str(default), cwd=project)
     html = (out / "index.html").read_text(encoding="utf-8")
-    assert re.search(r'<script src="https://', html), "dvc-render's default page no longer uses a CDN"
+    assert re.search(r'<script src="https://', html), (
+        "dvc-render's default page no longer uses a CDN"
+    )
     reader = PlotReader(vega_div_ids(html))
     reader.feed(render_dom(out / "index.html"))
     assert reader.svg and not any(reader.svg.values()), "the browser reached the network"

@@ -1,4 +1,5 @@
 """The shipped real sample in dataset/raw/ is sound, and is what tools/make_sample.py makes."""
+
 from __future__ import annotations
 
 import csv
@@ -14,16 +15,36 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "dataset" / "raw"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-C4_COLUMNS = ["post_id", "text", "image_path", "label", "source_label", "event", "source_split",
-              "image_id"]
-MMD_COLUMNS = ["event_name", "tweet_id", "image_id", "tweet_text", "image", "label", "label_text",
-               "label_image", "label_text_image"]
+C4_COLUMNS = [
+    "post_id",
+    "text",
+    "image_path",
+    "label",
+    "source_label",
+    "event",
+    "source_split",
+    "image_id",
+]
+MMD_COLUMNS = [
+    "event_name",
+    "tweet_id",
+    "image_id",
+    "tweet_text",
+    "image",
+    "label",
+    "label_text",
+    "label_image",
+    "label_text_image",
+]
 MMD_TO_CLASS = {
-    "affected_individuals": "urgent_help", "injured_or_dead_people": "urgent_help",
+    "affected_individuals": "urgent_help",
+    "injured_or_dead_people": "urgent_help",
     "missing_or_found_people": "urgent_help",
     "rescue_volunteering_or_donation_effort": "relief_info",
-    "infrastructure_and_utility_damage": "relief_info", "vehicle_damage": "relief_info",
-    "other_relevant_information": "relief_info", "not_humanitarian": "irrelevant",
+    "infrastructure_and_utility_damage": "relief_info",
+    "vehicle_damage": "relief_info",
+    "other_relevant_information": "relief_info",
+    "not_humanitarian": "irrelevant",
 }
 MAX_BYTES = 15_000_000
 needs_shared = pytest.mark.skipif(
@@ -65,11 +86,18 @@ def test_crisis4_sample_has_about_100_posts_per_class_over_distinct_images():
     assert len({r["post_id"] for r in rows}) == len(rows)
     counts = Counter(r["label"] for r in rows)
     # crisis4 has only 56 urgent_help posts: all of them
-    assert counts == {"misinformation": 100, "relief_info": 100, "irrelevant": 100,
-                      "urgent_help": 56}
+    assert counts == {
+        "misinformation": 100,
+        "relief_info": 100,
+        "irrelevant": 100,
+        "urgent_help": 56,
+    }
     images = {lab: {r["image_path"] for r in rows if r["label"] == lab} for lab in counts}
     assert {lab: len(v) for lab, v in images.items() if lab != "urgent_help"} == {
-        "misinformation": 100, "relief_info": 100, "irrelevant": 100}
+        "misinformation": 100,
+        "relief_info": 100,
+        "irrelevant": 100,
+    }
     assert len(images["urgent_help"]) == 13  # every urgent_help image crisis4 has
 
 
@@ -84,8 +112,9 @@ def test_every_image_path_exists_and_keeps_its_original_format():
     rows, made = crisis4_rows(), manifest()
     paths = {r["image_path"] for r in rows}
     assert paths == set(made), "manifest and CSV name different images"
-    on_disk = {p.relative_to(RAW / "images").as_posix()
-               for p in (RAW / "images").rglob("*") if p.is_file()}
+    on_disk = {
+        p.relative_to(RAW / "images").as_posix() for p in (RAW / "images").rglob("*") if p.is_file()
+    }
     assert on_disk == paths, f"missing: {paths - on_disk}, stray: {on_disk - paths}"
     for rel, info in made.items():
         path = RAW / "images" / rel
@@ -107,8 +136,10 @@ def test_sample_keeps_the_odd_images():
             odd["rgba_png"] += im.format == "PNG" and im.mode == "RGBA"
             odd["jpeg_ext"] += rel.endswith(".jpeg")
             odd["space_in_path"] += " " in rel
-    assert all(odd[k] >= 1 for k in ("png_named_jpg", "animated_gif", "rgba_png", "jpeg_ext",
-                                     "space_in_path")), odd
+    assert all(
+        odd[k] >= 1
+        for k in ("png_named_jpg", "animated_gif", "rgba_png", "jpeg_ext", "space_in_path")
+    ), odd
 
 
 def test_raw_folder_fits_the_size_budget():
@@ -131,16 +162,18 @@ def test_crisismmd_sample_is_the_source_format_with_missing_images():
 
 @needs_shared
 def test_sample_lines_are_their_source_lines_byte_for_byte():
-    source = {line.split(",", 1)[0]: line
-              for line in crlf_lines(SHARED / "crisis4" / "crisis4.csv")[1:]}
+    source = {
+        line.split(",", 1)[0]: line for line in crlf_lines(SHARED / "crisis4" / "crisis4.csv")[1:]
+    }
     sample = crlf_lines(RAW / "crisis4_sample.csv")
     assert sample[0] == crlf_lines(SHARED / "crisis4" / "crisis4.csv")[0]
     for line in sample[1:]:
         assert line == source[line.split(",", 1)[0]], line
     mmd = set()
     for split in ("train", "dev", "test"):
-        mmd.update(crlf_lines(
-            SHARED / "crisismmd" / f"task_humanitarian_text_img_agreed_lab_{split}.tsv"))
+        mmd.update(
+            crlf_lines(SHARED / "crisismmd" / f"task_humanitarian_text_img_agreed_lab_{split}.tsv")
+        )
     assert set(crlf_lines(RAW / "crisismmd_sample.tsv")) <= mmd
 
 
@@ -155,8 +188,12 @@ def test_copied_images_are_the_originals():
 
 @needs_shared
 def test_make_sample_reproduces_the_shipped_sample(tmp_path):
-    subprocess.run([sys.executable, str(REPO / "tools" / "make_sample.py"), "--out",
-                    str(tmp_path)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_sample.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     for name in ("crisis4_sample.csv", "crisismmd_sample.tsv"):
         assert (tmp_path / name).read_bytes() == (RAW / name).read_bytes(), name
     # downscaled bytes depend on the Pillow/libjpeg build, so only their choice is compared

@@ -4,6 +4,7 @@ featurize's 2-process equality test is in tests/test_featurize.py, shard resume 
 tests/test_faults.py, the DVC remote push/pull in tests/test_e2e.py; docs/SCALING.md has the
 measured figures.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,37 +18,73 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from synthetic_features import write_features
 
 from stages.model import load_model, predict_proba
-from synthetic_features import write_features
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LAUNCH_2CPU = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCH_2CPU = [
+    str(BIN / "accelerate"),
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 # lr and patience such that early stopping ends the run (epoch 15 of 30 here): every rank
 # must leave the loop at the same epoch, or the others hang in the next all-reduce.
-TRAIN = {"seed": 3, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.03,
-         "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 30, "batch_size": 16,
-         "patience": 2, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0,
-         "cv_model": "refit"}
+TRAIN = {
+    "seed": 3,
+    "fusion": "concat",
+    "hidden": [32, 16],
+    "dropout": 0.1,
+    "lr": 0.03,
+    "weight_decay": 0.0001,
+    "label_smoothing": 0.0,
+    "epochs": 30,
+    "batch_size": 16,
+    "patience": 2,
+    "auto_weight_power": 1.0,
+    "cv_folds": 0,
+    "cv_max_rows": 0,
+    "cv_model": "refit",
+}
 
 
 def _project(root: Path) -> Path:
     """Synthetic features (4 classes, 30 train rows each, moderately separable) + params."""
     write_features(root, {"train": 30, "val": 10, "test": 5}, separation=1.0)
-    params = {"weights": "auto", "modality": "both", "train": TRAIN,
-              "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4},
-              "manual_weights": {"urgent_help": 1.0, "relief_info": 1.0,
-                                 "misinformation": 1.0, "irrelevant": 1.0}}
+    params = {
+        "weights": "auto",
+        "modality": "both",
+        "train": TRAIN,
+        "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4},
+        "manual_weights": {
+            "urgent_help": 1.0,
+            "relief_info": 1.0,
+            "misinformation": 1.0,
+            "irrelevant": 1.0,
+        },
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
 
 def _run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd),
-           "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(cwd),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -62,7 +99,9 @@ def test_train_under_two_cpu_processes_gives_a_working_model(tmp_path: Path) -> 
     stops = [line for line in logs.splitlines() if "early stop after epoch" in line]
     assert len(stops) == 2 and stops[0] == stops[1], logs  # both ranks, the same epoch
     train = load_file(str(root / "features" / "train.safetensors"))
-    accuracy = (predict_proba(module, train["text"], train["image"]).argmax(1) == train["label"].numpy()).mean()
+    accuracy = (
+        predict_proba(module, train["text"], train["image"]).argmax(1) == train["label"].numpy()
+    ).mean()
     assert accuracy > 0.6, f"train accuracy {accuracy:.2f} (chance 0.25)\n{logs}"
     # One writer: dvclive's per-epoch log has each epoch once, not once per process.
     rows = (root / "reports/train/plots/metrics/val/macro_f1.tsv").read_text().splitlines()

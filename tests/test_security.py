@@ -10,6 +10,7 @@
   class list that disagrees with the data: each an error naming the key and the problem, from
   the stage's own `main()`, as `dvc repro` or `dvc exp run -S ...` would run it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,14 +21,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
-
 from pipeline_clone import clean_run
+from safetensors import safe_open
+from synthetic_features import CLASSES, write_features
+
 from stages import featurize, train
-from stages.encoders import EncoderError
 from stages.model import load_model
 from stages.params import ParamsError
-from synthetic_features import CLASSES, write_features
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ("stages", "tests", "bench", "tools")
@@ -68,8 +68,9 @@ def pickle_risks(source: str) -> list[str]:
             modules = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules = [node.module]
-        found += [f"line {node.lineno}: import {m}" for m in modules
-                  if m.split(".")[0] in PICKLE_MODULES]
+        found += [
+            f"line {node.lineno}: import {m}" for m in modules if m.split(".")[0] in PICKLE_MODULES
+        ]
         if not isinstance(node, ast.Call):
             continue
         name, kw = _dotted(node.func, aliases), {k.arg: k.value for k in node.keywords}
@@ -89,31 +90,37 @@ def pickle_risks(source: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("snippet", [
-    "import pickle",
-    "import cloudpickle as cp",
-    "from joblib import load",
-    "import torch\ntorch.load('m.pt')",
-    "import torch as th\nth.load('m.pt', weights_only=False)",
-    "from torch import load\nload('m.pt', map_location='cpu')",
-    "import torch\ntorch.save(model.state_dict(), 'm.pt')",
-    "import numpy as np\nnp.load('f.npz')",
-    "import numpy\nnumpy.load('f.npy', allow_pickle=True)",
-    "import numpy as np\nnp.save('f.npy', arr, allow_pickle=True)",
-    "import pandas as pd\npd.read_pickle('f.pkl')",
-    "frame.to_pickle('f.pkl')",
-    "AutoModel.from_pretrained(path, trust_remote_code=True)",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import pickle",
+        "import cloudpickle as cp",
+        "from joblib import load",
+        "import torch\ntorch.load('m.pt')",
+        "import torch as th\nth.load('m.pt', weights_only=False)",
+        "from torch import load\nload('m.pt', map_location='cpu')",
+        "import torch\ntorch.save(model.state_dict(), 'm.pt')",
+        "import numpy as np\nnp.load('f.npz')",
+        "import numpy\nnumpy.load('f.npy', allow_pickle=True)",
+        "import numpy as np\nnp.save('f.npy', arr, allow_pickle=True)",
+        "import pandas as pd\npd.read_pickle('f.pkl')",
+        "frame.to_pickle('f.pkl')",
+        "AutoModel.from_pretrained(path, trust_remote_code=True)",
+    ],
+)
 def test_the_scanner_flags_each_way_in_to_pickle(snippet: str) -> None:
     assert pickle_risks(snippet), snippet
 
 
-@pytest.mark.parametrize("snippet", [
-    "import torch\ntorch.load('m.pth', map_location='cpu', weights_only=True)",
-    "import numpy as np\nnp.load('f.npz', allow_pickle=False)\nnp.savez('f.npz', a=arr)",
-    "from safetensors.torch import load_file, save_file\nsave_file(state, 'm.safetensors')",
-    "text = 'import pickle; torch.load(path)'",  # a string is not code
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import torch\ntorch.load('m.pth', map_location='cpu', weights_only=True)",
+        "import numpy as np\nnp.load('f.npz', allow_pickle=False)\nnp.savez('f.npz', a=arr)",
+        "from safetensors.torch import load_file, save_file\nsave_file(state, 'm.safetensors')",
+        "text = 'import pickle; torch.load(path)'",  # a string is not code
+    ],
+)
 def test_the_scanner_passes_safe_code(snippet: str) -> None:
     assert pickle_risks(snippet) == []
 
@@ -140,8 +147,10 @@ def test_no_pickle_in_the_project_code() -> None:
 
 
 def test_stages_read_models_and_features_with_safetensors() -> None:
-    sources = {rel: (REPO / "stages" / rel).read_text(encoding="utf-8")
-               for rel in ("model.py", "feature_store.py")}
+    sources = {
+        rel: (REPO / "stages" / rel).read_text(encoding="utf-8")
+        for rel in ("model.py", "feature_store.py")
+    }
     assert "from safetensors.torch import load_file, save_file" in sources["model.py"]
     assert "from safetensors.numpy import load_file, save_file" in sources["feature_store.py"]
 
@@ -166,14 +175,17 @@ def test_offline_weights_load_with_weights_only(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.slow
-def test_pipeline_outputs_are_safetensors_or_json(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_pipeline_outputs_are_safetensors_or_json(tmp_path_factory: pytest.TempPathFactory) -> None:
     clone, _ = clean_run(tmp_path_factory)
-    files = sorted(p for d in ("features", "models") for p in (clone.root / d).rglob("*")
-                   if p.is_file())
+    files = sorted(
+        p for d in ("features", "models") for p in (clone.root / d).rglob("*") if p.is_file()
+    )
     assert {p.relative_to(clone.root).as_posix() for p in files} >= {
-        "features/train.safetensors", "features/meta.json", "models/mlp.safetensors",
-        "models/model.json"}
+        "features/train.safetensors",
+        "features/meta.json",
+        "models/mlp.safetensors",
+        "models/model.json",
+    }
     for path in files:
         if path.suffix == ".safetensors":
             # A pickle or a torch.save zip fails here: the header must be JSON whose tensors
@@ -191,32 +203,56 @@ def test_pipeline_outputs_are_safetensors_or_json(
 
 # The project's own train block, shrunk, so a new train key never makes these tests fail for
 # the wrong reason (a missing key instead of the bad value under test).
-TRAIN = {**yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"],
-         "seed": 1, "fusion": "concat", "hidden": [8, 8], "lr": 0.01, "epochs": 1,
-         "batch_size": 8, "patience": 1}
+TRAIN = {
+    **yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"],
+    "seed": 1,
+    "fusion": "concat",
+    "hidden": [8, 8],
+    "lr": 0.01,
+    "epochs": 1,
+    "batch_size": 8,
+    "patience": 1,
+}
 WEIGHTS = {"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0, "irrelevant": 1.0}
 
 
 def _train_params(root: Path, **overrides) -> None:
-    params = {"weights": "manual", "manual_weights": dict(WEIGHTS), "modality": "both",
-              "train": TRAIN, "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4}
-              } | overrides
+    params = {
+        "weights": "manual",
+        "manual_weights": dict(WEIGHTS),
+        "modality": "both",
+        "train": TRAIN,
+        "prepare": {"near_duplicate_bits": 30, "min_shared_words": 4},
+    } | overrides
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
 
-@pytest.mark.parametrize("overrides,error,message", [
-    ({"weights": "balanced"}, ParamsError,
-     r"params.yaml: weights='balanced' is not one of auto, manual, none"),
-    ({"manual_weights": {k: v for k, v in WEIGHTS.items() if k != "irrelevant"}}, ParamsError,
-     r"manual_weights must give exactly the classes .*missing \['irrelevant'\]"),
-    ({"manual_weights": {**WEIGHTS, "relief_info": -1.0}}, ParamsError,
-     r"manual_weights must be positive numbers: \{'relief_info': -1.0\}"),
-    # Class list and params disagree: weights for a class the data does not have.
-    ({"manual_weights": {**WEIGHTS, "rumour": 2.0}}, ParamsError, r"unknown \['rumour'\]"),
-    ({"modality": "audio"}, ParamsError, r"modality='audio' is not one of both, text, image"),
-])
-def test_train_rejects_params_it_cannot_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            overrides: dict, error: type, message: str) -> None:
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (
+            {"weights": "balanced"},
+            ParamsError,
+            r"params.yaml: weights='balanced' is not one of auto, manual, none",
+        ),
+        (
+            {"manual_weights": {k: v for k, v in WEIGHTS.items() if k != "irrelevant"}},
+            ParamsError,
+            r"manual_weights must give exactly the classes .*missing \['irrelevant'\]",
+        ),
+        (
+            {"manual_weights": {**WEIGHTS, "relief_info": -1.0}},
+            ParamsError,
+            r"manual_weights must be positive numbers: \{'relief_info': -1.0\}",
+        ),
+        # Class list and params disagree: weights for a class the data does not have.
+        ({"manual_weights": {**WEIGHTS, "rumour": 2.0}}, ParamsError, r"unknown \['rumour'\]"),
+        ({"modality": "audio"}, ParamsError, r"modality='audio' is not one of both, text, image"),
+    ],
+)
+def test_train_rejects_params_it_cannot_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict, error: type, message: str
+) -> None:
     write_features(tmp_path)
     _train_params(tmp_path, **overrides)
     monkeypatch.chdir(tmp_path)
@@ -225,8 +261,9 @@ def test_train_rejects_params_it_cannot_use(tmp_path: Path, monkeypatch: pytest.
     assert not (tmp_path / "models").exists()
 
 
-def test_train_rejects_labels_outside_the_class_list(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_rejects_labels_outside_the_class_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_features(tmp_path)
     meta_path = tmp_path / "features" / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -243,8 +280,14 @@ def _featurize_dataset(root: Path, label: str = "relief_info") -> None:
     dataset.mkdir()
     (dataset / "classes.json").write_text(json.dumps(CLASSES))
     for name in featurize.SPLITS.values():
-        pd.DataFrame({"id": [1], "text": ["shelter open"], "image_path": ["images_train/a.jpg"],
-                      "label": [label]}).to_csv(dataset / name, index=False)
+        pd.DataFrame(
+            {
+                "id": [1],
+                "text": ["shelter open"],
+                "image_path": ["images_train/a.jpg"],
+                "label": [label],
+            }
+        ).to_csv(dataset / name, index=False)
     (dataset / "images_train").mkdir()
     (dataset / "images_train" / "a.jpg").write_bytes(b"not read before the error")
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -252,25 +295,32 @@ def _featurize_dataset(root: Path, label: str = "relief_info") -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
 
-def test_featurize_rejects_an_unknown_encoder(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_featurize_rejects_an_unknown_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _featurize_dataset(tmp_path)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["featurize"]["encoder"] = "blip3"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ParamsError, match=r"params.yaml: featurize.encoder='blip3' is not one "
-                                          r"of offline, blip2, clip, siglip"):
+    with pytest.raises(
+        ParamsError,
+        match=r"params.yaml: featurize.encoder='blip3' is not one "
+        r"of offline, blip2, clip, siglip",
+    ):
         featurize.main()
     assert not (tmp_path / "features").exists()
 
 
-def test_featurize_rejects_labels_outside_the_class_list(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_featurize_rejects_labels_outside_the_class_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _featurize_dataset(tmp_path, label="rumour")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"train_balanced.csv data row 1 \(id '1', label "
-                                         r"'rumour'\): label is not one of \['urgent_help'"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_balanced.csv data row 1 \(id '1', label "
+        r"'rumour'\): label is not one of \['urgent_help'",
+    ):
         featurize.main()
     assert not (tmp_path / "features").exists()
-

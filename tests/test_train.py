@@ -1,4 +1,5 @@
 """train stage: class weights, learning, early stopping, determinism, the stage's outputs."""
+
 from __future__ import annotations
 
 import json
@@ -9,24 +10,35 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-from stages import loss, train
-from stages.model import load_model, predict_proba, save_model
-from stages.params import ParamsError
-from stages.images import encode_jpeg, white_image
 from synthetic_features import CLASSES, INPUT, make_split, write_features
 
-CFG = {"seed": 7, "fusion": "concat", "hidden": [32, 16], "dropout": 0.1, "lr": 0.003,
-       "weight_decay": 0.0001, "label_smoothing": 0.0, "epochs": 40, "batch_size": 16,
-       "patience": 40, "auto_weight_power": 1.0, "cv_folds": 0, "cv_max_rows": 0,
-       "cv_model": "refit"}
+from stages import loss, train
+from stages.images import encode_jpeg, white_image
+from stages.model import load_model, predict_proba, save_model
+from stages.params import ParamsError
+
+CFG = {
+    "seed": 7,
+    "fusion": "concat",
+    "hidden": [32, 16],
+    "dropout": 0.1,
+    "lr": 0.003,
+    "weight_decay": 0.0001,
+    "label_smoothing": 0.0,
+    "epochs": 40,
+    "batch_size": 16,
+    "patience": 40,
+    "auto_weight_power": 1.0,
+    "cv_folds": 0,
+    "cv_max_rows": 0,
+    "cv_model": "refit",
+}
 
 
 def test_auto_weights_are_inverse_frequency() -> None:
     labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 1)
     # balanced: n_samples / (n_classes * count) = 12 / (4 * count)
-    np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES),
-                               [0.5, 1.0, 1.5, 3.0])
+    np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES), [0.5, 1.0, 1.5, 3.0])
 
 
 def test_auto_weights_need_every_class() -> None:
@@ -37,20 +49,36 @@ def test_auto_weights_need_every_class() -> None:
 def test_manual_and_none_weights() -> None:
     manual = {"irrelevant": 0.5, "urgent_help": 4, "relief_info": 1.0, "misinformation": 2.0}
     labels = np.array([0, 1, 2, 3, 3])
-    np.testing.assert_array_equal(loss.class_weights("manual", labels, CLASSES, manual),
-                                  [4.0, 1.0, 2.0, 0.5])
+    np.testing.assert_array_equal(
+        loss.class_weights("manual", labels, CLASSES, manual), [4.0, 1.0, 2.0, 0.5]
+    )
     np.testing.assert_array_equal(loss.class_weights("none", labels, CLASSES), [1, 1, 1, 1])
 
 
-@pytest.mark.parametrize("manual,message", [
-    ({"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0},
-     r"missing \['irrelevant'\], unknown \[\]"),
-    ({"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0, "irrelevant": 1.0,
-      "rumour": 2.0}, r"missing \[\], unknown \['rumour'\]"),
-    ({"urgent_help": 0.0, "relief_info": 1.0, "misinformation": 1.0, "irrelevant": "x"},
-     "positive numbers"),
-    (None, r"missing \['urgent_help'"),
-])
+@pytest.mark.parametrize(
+    "manual,message",
+    [
+        (
+            {"urgent_help": 4.0, "relief_info": 1.0, "misinformation": 1.0},
+            r"missing \['irrelevant'\], unknown \[\]",
+        ),
+        (
+            {
+                "urgent_help": 4.0,
+                "relief_info": 1.0,
+                "misinformation": 1.0,
+                "irrelevant": 1.0,
+                "rumour": 2.0,
+            },
+            r"missing \[\], unknown \['rumour'\]",
+        ),
+        (
+            {"urgent_help": 0.0, "relief_info": 1.0, "misinformation": 1.0, "irrelevant": "x"},
+            "positive numbers",
+        ),
+        (None, r"missing \['urgent_help'"),
+    ],
+)
 def test_manual_weights_errors_name_the_problem(manual, message) -> None:
     with pytest.raises(ParamsError, match=message):
         loss.class_weights("manual", np.array([0, 1, 2, 3]), CLASSES, manual)
@@ -70,13 +98,17 @@ def test_loss_equals_torch_without_smoothing_and_ignores_absent_classes_with_it(
     # Smoothing: each row counts with its own class's weight only, so the weight of a class
     # absent from the batch changes nothing (torch's built-in version does change).
     rows = target != 0
-    low, high = (loss.WeightedSmoothedCE(torch.tensor([w, 1.0, 0.5, 2.0]), 0.1)(
-        logits[rows], target[rows]) for w in (1.0, 100.0))
+    low, high = (
+        loss.WeightedSmoothedCE(torch.tensor([w, 1.0, 0.5, 2.0]), 0.1)(logits[rows], target[rows])
+        for w in (1.0, 100.0)
+    )
     assert torch.allclose(low, high)
-    smooth = (1 - 0.1) * torch.nn.functional.cross_entropy(logits, target, reduction="none") \
-        - 0.1 * torch.log_softmax(logits, 1).mean(1)
-    assert torch.allclose(loss.WeightedSmoothedCE(torch.ones(4), 0.1)(logits, target),
-                          smooth.mean())
+    smooth = (1 - 0.1) * torch.nn.functional.cross_entropy(
+        logits, target, reduction="none"
+    ) - 0.1 * torch.log_softmax(logits, 1).mean(1)
+    assert torch.allclose(
+        loss.WeightedSmoothedCE(torch.ones(4), 0.1)(logits, target), smooth.mean()
+    )
 
 
 def test_rare_class_with_huge_auto_weight_does_not_take_over() -> None:
@@ -101,8 +133,9 @@ def test_mlp_separates_a_separable_set_perfectly() -> None:
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
-@pytest.mark.parametrize("modality,fusion", [("text", "concat"), ("image", "concat"),
-                                             ("both", "gated")])
+@pytest.mark.parametrize(
+    "modality,fusion", [("text", "concat"), ("image", "concat"), ("both", "gated")]
+)
 def test_other_modalities_and_fusion_learn(modality: str, fusion: str) -> None:
     tr, val = make_split(30, seed=1), make_split(10, seed=2)
     _, _, info = train.train_model(tr, val, 4, modality, {**CFG, "fusion": fusion}, np.ones(4))
@@ -112,14 +145,15 @@ def test_other_modalities_and_fusion_learn(modality: str, fusion: str) -> None:
 def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:
     tr, val = make_split(20, seed=1, separation=0.3), make_split(10, seed=2, separation=0.3)
     # lr=0: nothing changes, so epoch 1 stays best and patience 3 ends training at epoch 4.
-    _, history, info = train.train_model(tr, val, 4, "both", {**CFG, "lr": 0.0, "patience": 3},
-                                         np.ones(4))
+    _, history, info = train.train_model(
+        tr, val, 4, "both", {**CFG, "lr": 0.0, "patience": 3}, np.ones(4)
+    )
     assert len(history) == 4 and info["best_epoch"] == 1
 
     seen = []
-    module, history, info = train.train_model(tr, val, 4, "both", {**CFG, "patience": 2,
-                                                                   "epochs": 100},
-                                              np.ones(4), on_epoch=seen.append)
+    module, history, info = train.train_model(
+        tr, val, 4, "both", {**CFG, "patience": 2, "epochs": 100}, np.ones(4), on_epoch=seen.append
+    )
     assert seen == history and len(history) < 100
     assert len(history) - info["best_epoch"] == 2
     best = max(history, key=lambda r: (r["val_macro_f1"], -r["val_loss"]))
@@ -128,8 +162,10 @@ def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:
     proba = predict_proba(module, val["text"], val["image"])
     pred = proba.argmax(axis=1)
     from sklearn.metrics import f1_score
+
     assert f1_score(val["label"].numpy(), pred, average="macro") == pytest.approx(
-        best["val_macro_f1"])
+        best["val_macro_f1"]
+    )
 
 
 def test_same_seed_same_result_other_seed_differs() -> None:
@@ -151,10 +187,17 @@ def test_empty_validation_split_is_an_error() -> None:
 
 
 def _params(root, **overrides) -> None:
-    params = {"weights": "auto", "modality": "both",
-              "manual_weights": {"urgent_help": 4.0, "relief_info": 1.0,
-                                 "misinformation": 1.0, "irrelevant": 1.0},
-              "train": {**CFG, "epochs": 8}}
+    params = {
+        "weights": "auto",
+        "modality": "both",
+        "manual_weights": {
+            "urgent_help": 4.0,
+            "relief_info": 1.0,
+            "misinformation": 1.0,
+            "irrelevant": 1.0,
+        },
+        "train": {**CFG, "epochs": 8},
+    }
     grouping = {"near_duplicate_bits": 30, "min_shared_words": 4}  # read by train (CV folds)
     params["prepare"] = grouping | overrides.pop("prepare", {})
     params.update(overrides)
@@ -168,8 +211,12 @@ def test_main_writes_model_and_dvclive_logs(tmp_path, monkeypatch) -> None:
     train.main()
     module, meta = load_model(tmp_path / "models")
     assert meta["classes"] == CLASSES and meta["weights"] == "manual"
-    assert meta["class_weights"] == {"urgent_help": 4.0, "relief_info": 1.0,
-                                     "misinformation": 1.0, "irrelevant": 1.0}
+    assert meta["class_weights"] == {
+        "urgent_help": 4.0,
+        "relief_info": 1.0,
+        "misinformation": 1.0,
+        "irrelevant": 1.0,
+    }
     assert meta["dims"] == {"text": 24, "image": 40} and meta["encoder"] == "synthetic"
     assert meta["standardisation"]["rows"] == 45
     stats = load_file(str(tmp_path / "models" / "mlp.safetensors"))
@@ -207,16 +254,26 @@ def test_main_records_what_shaped_the_inputs(tmp_path, monkeypatch) -> None:
     assert meta["classes"] == CLASSES and meta["fingerprint"] == "test"
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("classes.json", json.dumps(["a", "b", "c", "d"]), r"stale; re-run featurize"),
-    ("input.json", json.dumps({"strip_urls": 1, "max_side": 448, "dummy_size": 224}),
-     r"input\.json: expected the keys and types"),
-    ("input.json", json.dumps({"strip_urls": True, "max_side": 448}),
-     r"input\.json: expected the keys and types"),
-    ("input.json", None, r"input\.json: missing \(run the prepare stage first\)"),
-])
-def test_main_refuses_stale_or_bad_prepare_records(tmp_path, monkeypatch, name, content,
-                                                   message) -> None:
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("classes.json", json.dumps(["a", "b", "c", "d"]), r"stale; re-run featurize"),
+        (
+            "input.json",
+            json.dumps({"strip_urls": 1, "max_side": 448, "dummy_size": 224}),
+            r"input\.json: expected the keys and types",
+        ),
+        (
+            "input.json",
+            json.dumps({"strip_urls": True, "max_side": 448}),
+            r"input\.json: expected the keys and types",
+        ),
+        ("input.json", None, r"input\.json: missing \(run the prepare stage first\)"),
+    ],
+)
+def test_main_refuses_stale_or_bad_prepare_records(
+    tmp_path, monkeypatch, name, content, message
+) -> None:
     write_features(tmp_path, {"train": 10, "val": 4, "test": 4})
     path = tmp_path / "dataset" / name
     path.unlink() if content is None else path.write_text(content)
@@ -229,8 +286,9 @@ def test_main_refuses_stale_or_bad_prepare_records(tmp_path, monkeypatch, name, 
 
 def test_auto_weight_power_tempers_inverse_frequency() -> None:
     labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 1)
-    np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES, power=0.5),
-                               np.sqrt([0.5, 1.0, 1.5, 3.0]))
+    np.testing.assert_allclose(
+        loss.class_weights("auto", labels, CLASSES, power=0.5), np.sqrt([0.5, 1.0, 1.5, 3.0])
+    )
     np.testing.assert_allclose(loss.class_weights("auto", labels, CLASSES, power=0), 1.0)
     with pytest.raises(ParamsError, match="auto_weight_power=2"):
         loss.class_weights("auto", labels, CLASSES, power=2)
@@ -267,17 +325,33 @@ def test_main_saves_the_temperature_and_the_selection(tmp_path, monkeypatch) -> 
     dummy = f"images_train/{encode_jpeg(white_image(INPUT['dummy_size']))[0]}.jpg"
     for split, name in (("train", "train_balanced.csv"), ("val", "val.csv")):
         ids = load_file(str(tmp_path / "features" / f"{split}.safetensors"))["id"].numpy()
-        pd.DataFrame({"id": ids, "text": [f"post number {i} says this" for i in ids],
-                      "image_path": dummy, "label": "x"}).to_csv(tmp_path / "dataset" / name,
-                                                                  index=False)
-    _params(tmp_path, train={**CFG, "epochs": 6, "cv_folds": 2, "cv_max_rows": 1000,
-                             "auto_weight_power": 0.5, "cv_model": "ensemble"},
-            prepare={"near_duplicate_bits": 30, "min_shared_words": 4})
+        pd.DataFrame(
+            {
+                "id": ids,
+                "text": [f"post number {i} says this" for i in ids],
+                "image_path": dummy,
+                "label": "x",
+            }
+        ).to_csv(tmp_path / "dataset" / name, index=False)
+    _params(
+        tmp_path,
+        train={
+            **CFG,
+            "epochs": 6,
+            "cv_folds": 2,
+            "cv_max_rows": 1000,
+            "auto_weight_power": 0.5,
+            "cv_model": "ensemble",
+        },
+        prepare={"near_duplicate_bits": 30, "min_shared_words": 4},
+    )
     monkeypatch.chdir(tmp_path)
     train.main()
     module, meta = load_model(tmp_path / "models")
-    assert meta["selection"] == ("2-fold cross-validation on train+val (56 rows, grouped "
-                                 "folds), the fold models kept as an ensemble")
+    assert meta["selection"] == (
+        "2-fold cross-validation on train+val (56 rows, grouped "
+        "folds), the fold models kept as an ensemble"
+    )
     assert meta["standardisation"]["rows"] == 56 and meta["architecture"]["members"] == 2
     assert float(module.temperature) == pytest.approx(meta["temperature"])
     summary = json.loads((tmp_path / "reports" / "train" / "metrics.json").read_text())
@@ -286,8 +360,14 @@ def test_main_saves_the_temperature_and_the_selection(tmp_path, monkeypatch) -> 
 
 def test_ensemble_keeps_the_fold_models_and_round_trips(tmp_path) -> None:
     tr, val = make_split(12, seed=1, separation=0.8), make_split(3, seed=2, separation=0.8)
-    cfg = {**CFG, "epochs": 8, "patience": 3, "cv_folds": 3, "cv_max_rows": 100,
-           "cv_model": "ensemble"}
+    cfg = {
+        **CFG,
+        "epochs": 8,
+        "patience": 3,
+        "cv_folds": 3,
+        "cv_max_rows": 100,
+        "cv_model": "ensemble",
+    }
     module, _, info = train.fit(tr, val, 4, "both", cfg, np.ones(4))
     assert info["selection"].endswith("the fold models kept as an ensemble")
     assert len(module.members) == 3 and module.config["members"] == 3
@@ -296,13 +376,14 @@ def test_ensemble_keeps_the_fold_models_and_round_trips(tmp_path) -> None:
     # Its logits are the mean of the members' (over the shared temperature).
     with torch.no_grad():
         mean = torch.stack([m(test["text"], test["image"]) for m in module.members]).mean(0)
-    np.testing.assert_allclose(proba, torch.softmax(mean.double() / float(module.temperature),
-                                                    1), atol=1e-6)
+    np.testing.assert_allclose(
+        proba, torch.softmax(mean.double() / float(module.temperature), 1), atol=1e-6
+    )
     assert not np.allclose(proba, predict_proba(module.members[0], test["text"], test["image"]))
     save_model(tmp_path, module, {"classes": CLASSES})
     loaded, meta = load_model(tmp_path)
     assert meta["architecture"]["members"] == 3
-    np.testing.assert_allclose(predict_proba(loaded, test["text"], test["image"]), proba,
-                               atol=1e-7)
-    assert torch.allclose(loaded.text_mean, torch.stack([m.text_mean for m in module.members])
-                          .mean(0))
+    np.testing.assert_allclose(predict_proba(loaded, test["text"], test["image"]), proba, atol=1e-7)
+    assert torch.allclose(
+        loaded.text_mean, torch.stack([m.text_mean for m in module.members]).mean(0)
+    )

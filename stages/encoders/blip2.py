@@ -11,15 +11,16 @@
 
 fp16 on CUDA/MPS, fp32 on CPU; the Q-Former stays fp32 as transformers keeps it.
 """
+
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
 import numpy as np
 import torch
 
 from stages.config import FeaturizeConfig
+
 from .base import Encoder, as_float32, fingerprint_files, masked_mean, model_files
 from .hf import ProcessorPreprocess, load_pretrained, model_dtype, model_spec, text_max_length
 
@@ -60,18 +61,22 @@ class Blip2Encoder(Encoder):
     def encode_text(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.text_dim), np.float32)
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         with torch.inference_mode():
             hidden = self.net.language_model.base_model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).last_hidden_state
         return as_float32(masked_mean(hidden.float(), batch["attention_mask"]))
 
-    @cache
+    @cache  # noqa: B019  (one encoder per process: nothing to leak)
     def fingerprint(self) -> str:
-        settings = {"encoder": self.name, "dtype": str(self.dtype),
-                    "pooling": "qformer-mean/mask-mean"}
+        settings = {
+            "encoder": self.name,
+            "dtype": str(self.dtype),
+            "pooling": "qformer-mean/mask-mean",
+        }
         return fingerprint_files(model_files(self.path), settings)
 
 

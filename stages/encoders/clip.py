@@ -11,18 +11,25 @@
 
 No L2 normalisation (the classifier standardises its inputs). fp16 on CUDA/MPS, fp32 on CPU.
 """
+
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
 import numpy as np
 import torch
 
 from stages.config import FeaturizeConfig
+
 from .base import Encoder, as_float32, fingerprint_files, model_files
-from .hf import ProcessorPreprocess, load_pretrained, model_dtype, model_spec, pooled, \
-    text_max_length
+from .hf import (
+    ProcessorPreprocess,
+    load_pretrained,
+    model_dtype,
+    model_spec,
+    pooled,
+    text_max_length,
+)
 
 LABELS = {"clip": "CLIP", "siglip": "SigLIP"}
 
@@ -44,8 +51,10 @@ class DualTowerEncoder(Encoder):
         if name == "clip":
             self.text_dim = self.image_dim = config.projection_dim
         else:
-            self.text_dim = getattr(config.text_config, "projection_size", None) \
+            self.text_dim = (
+                getattr(config.text_config, "projection_size", None)
                 or config.text_config.hidden_size
+            )
             self.image_dim = config.vision_config.hidden_size
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
@@ -56,15 +65,20 @@ class DualTowerEncoder(Encoder):
     def encode_text(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.text_dim), np.float32)
-        batch = self.tokenizer(texts, padding=self.padding, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            texts,
+            padding=self.padding,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
         # SigLIP was trained without an attention mask (all positions, padding included).
         mask = batch.get("attention_mask") if self.name == "clip" else None
         with torch.inference_mode():
             out = self.net.get_text_features(input_ids=batch["input_ids"], attention_mask=mask)
         return as_float32(pooled(out))
 
-    @cache
+    @cache  # noqa: B019  (one encoder per process: nothing to leak)
     def fingerprint(self) -> str:
         settings = {"encoder": self.name, "dtype": str(self.dtype), "padding": str(self.padding)}
         return fingerprint_files(model_files(self.path), settings)

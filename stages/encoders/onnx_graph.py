@@ -14,6 +14,7 @@ Why onnxruntime: on a plain 2-core x86 CPU it runs EfficientNet-Lite0 ~4-7x fast
 PyTorch eager (fp32, same vector to ~1e-5; docs/BENCHMARKS.md), and its output does not
 depend on the thread count or the batch size (tests/test_onnx.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,9 @@ import logging
 import os
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +52,12 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import onnxscript
 
-    return {"torch": torch.__version__, "onnxscript": onnxscript.__version__,
-            "onnxruntime": onnxruntime.__version__, "opset": str(OPSET)}
+    return {
+        "torch": torch.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(OPSET),
+    }
 
 
 def file_digest(path: Path) -> str:
@@ -82,8 +88,14 @@ def quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export(path: Path, module: torch.nn.Module, example: tuple[torch.Tensor, ...],
-           inputs: list[str], outputs: list[str], dynamic: tuple[dict[int, Any], ...]) -> Path:
+def export(
+    path: Path,
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: tuple[dict[int, Any], ...],
+) -> Path:
     """Write `module`'s graph to `path` unless it is there; atomic (temporary name + rename)."""
     if path.is_file():
         return path
@@ -94,9 +106,17 @@ def export(path: Path, module: torch.nn.Module, example: tuple[torch.Tensor, ...
         # The exporter reports each of its passes (stdout, INFO logs) and warns about extras
         # this graph does not use (torchvision ops): nothing a featurize log needs.
         with quiet(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(module.eval(), example, str(partial), input_names=inputs,
-                              output_names=outputs, dynamic_shapes=dynamic, opset_version=OPSET,
-                              external_data=False, verbose=False)
+            torch.onnx.export(
+                module.eval(),
+                example,
+                str(partial),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                external_data=False,
+                verbose=False,
+            )
         os.replace(partial, path)
     except Exception as exc:
         raise EncoderError(f"exporting {path.name} to ONNX failed: {exc}") from exc
