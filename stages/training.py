@@ -271,6 +271,13 @@ def fit(
     """
     folds, limit = int(cfg.get("cv_folds", 0)), int(cfg.get("cv_max_rows", 0))
     rows = len(train["label"]) + len(val["label"])
+    pool_groups = groups() if groups and 2 <= folds and rows <= limit else None
+    if pool_groups is not None and len(np.unique(pool_groups)) < folds:
+        # k folds need k groups; fewer (one picture shared by nearly every post) cannot be
+        # cross-validated without splitting a group, so the validation split decides.
+        log.warning("%d groups over train+val, fewer than cv_folds=%d: single split used",
+                    len(np.unique(pool_groups)), folds)
+        folds = 0
     if folds < 2 or rows > limit:
         module, history, info = train_model(train, val, n_classes, modality, cfg, weights, on_epoch)
         return (
@@ -290,7 +297,7 @@ def fit(
         cfg,
         weights,
         on_epoch,
-        groups() if groups else None,
+        pool_groups,
     )
     return module, history, info
 

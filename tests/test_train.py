@@ -387,3 +387,15 @@ def test_ensemble_keeps_the_fold_models_and_round_trips(tmp_path) -> None:
     assert torch.allclose(
         loaded.text_mean, torch.stack([m.text_mean for m in module.members]).mean(0)
     )
+
+
+def test_too_few_groups_for_the_folds_fall_back_to_the_validation_split(caplog) -> None:
+    tr, val = make_split(12, seed=1, separation=0.8), make_split(3, seed=2, separation=0.8)
+    cfg = {**CFG, "epochs": 4, "patience": 2, "cv_folds": 3, "cv_max_rows": 100}
+    two_groups = np.arange(60) % 2  # e.g. one picture shared by every other post
+    _, _, info = train.fit(tr, val, 4, "both", cfg, np.ones(4), groups=lambda: two_groups)
+    assert info["selection"] == "validation split"
+    assert "2 groups over train+val, fewer than cv_folds=3" in caplog.text
+    _, _, info = train.fit(tr, val, 4, "both", cfg, np.ones(4),
+                           groups=lambda: np.arange(60) % 3)  # negative control: 3 suffice
+    assert info["selection"].startswith("3-fold cross-validation")
