@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import DATASETS, REPO, SHARED, merge  # noqa: E402  (bench/results.py)
+from results import DATASETS, REPO, SHARED, merge, run_stage  # noqa: E402  (bench/results.py)
 
 EVENTS = {
     # crisis4: the three events with the most posts of the non-misinformation classes
@@ -56,18 +55,6 @@ def snapshot(work: Path) -> None:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(work, filter="data")
-
-
-def run_stage(work: Path, stage: str) -> float:
-    start = time.perf_counter()
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(work)}
-    done = subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
-        raise RuntimeError(f"{work.name}: stage {stage} failed (exit {done.returncode})")
-    return time.perf_counter() - start
 
 
 def run_fold(name: str, fold: str, work: Path, code: Path, seeds: int) -> dict[str, Any]:
@@ -175,7 +162,7 @@ def main() -> None:
             slug = fold.replace(" ", "_")
             try:
                 done[fold] = run_fold(name, fold, args.work / name / slug, code, args.seeds)
-            except RuntimeError as exc:
+            except SystemExit as exc:  # results.run_stage: a stage failed; go on with the rest
                 print(f"{name} [{fold}]: {exc}", flush=True)
                 done[fold] = {"fold": fold, "error": str(exc)}
             results[name] = list(done.values())
