@@ -275,8 +275,11 @@ def fit(
     if pool_groups is not None and len(np.unique(pool_groups)) < folds:
         # k folds need k groups; fewer (one picture shared by nearly every post) cannot be
         # cross-validated without splitting a group, so the validation split decides.
-        log.warning("%d groups over train+val, fewer than cv_folds=%d: single split used",
-                    len(np.unique(pool_groups)), folds)
+        log.warning(
+            "%d groups over train+val, fewer than cv_folds=%d: single split used",
+            len(np.unique(pool_groups)),
+            folds,
+        )
         folds = 0
     if folds < 2 or rows > limit:
         module, history, info = train_model(train, val, n_classes, modality, cfg, weights, on_epoch)

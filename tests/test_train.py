@@ -396,6 +396,7 @@ def test_too_few_groups_for_the_folds_fall_back_to_the_validation_split(caplog) 
     _, _, info = train.fit(tr, val, 4, "both", cfg, np.ones(4), groups=lambda: two_groups)
     assert info["selection"] == "validation split"
     assert "2 groups over train+val, fewer than cv_folds=3" in caplog.text
-    _, _, info = train.fit(tr, val, 4, "both", cfg, np.ones(4),
-                           groups=lambda: np.arange(60) % 3)  # negative control: 3 suffice
+    _, _, info = train.fit(
+        tr, val, 4, "both", cfg, np.ones(4), groups=lambda: np.arange(60) % 3
+    )  # negative control: 3 suffice
     assert info["selection"].startswith("3-fold cross-validation")
