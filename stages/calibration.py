@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
+from sklearn.metrics import log_loss
 
 BINS = 15  # equal-width confidence bins, the usual choice for ECE
 # T is searched in [e^-3, e^3]: beyond that the validation set is saying "no information"
@@ -74,3 +75,14 @@ def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int 
         )
         / len(labels)
     )
+
+
+def calibration_metrics(y_true: np.ndarray, proba: np.ndarray, raw: np.ndarray) -> dict[str, float]:
+    """Expected calibration error of the shipped (temperature-scaled) probabilities and of the
+    raw softmax, and the log loss of the raw softmax (the shipped one is `log_loss`)."""
+    labels = list(range(proba.shape[1]))
+    return {
+        "ece": expected_calibration_error(proba, y_true),
+        "ece_uncalibrated": expected_calibration_error(raw, y_true),
+        "log_loss_uncalibrated": float(log_loss(y_true, raw, labels=labels)),
+    }

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
     log_loss,
-    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -29,7 +27,13 @@ from stages import bootstrap, calibration
 from stages.csvsafe import read_csv, write_csv
 from stages.files import write_json, write_text
 from stages.model import feature_mismatch, load_model, predict_proba, read_features
-from stages.report import markdown_report, save_figures, summary_table
+from stages.report import (
+    markdown_report,
+    pr_curves,
+    predictions_frame,
+    save_figures,
+    summary_table,
+)
 
 log = logging.getLogger("evaluate")
 REPORTS = Path("reports")
@@ -77,46 +81,6 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
     }
 
 
-def calibration_metrics(y_true: np.ndarray, proba: np.ndarray, raw: np.ndarray) -> dict[str, float]:
-    """Expected calibration error of the shipped (temperature-scaled) probabilities and of the
-    raw softmax, and the log loss of the raw softmax (the shipped one is `log_loss`)."""
-    labels = list(range(proba.shape[1]))
-    return {
-        "ece": calibration.expected_calibration_error(proba, y_true),
-        "ece_uncalibrated": calibration.expected_calibration_error(raw, y_true),
-        "log_loss_uncalibrated": float(log_loss(y_true, raw, labels=labels)),
-    }
-
-
-def pr_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, list]:
-    """One-vs-rest precision-recall points per class (classes without positives are left out)."""
-    curves = {}
-    for i, name in enumerate(classes):
-        if not (y_true == i).any():
-            continue
-        precision, recall, _ = precision_recall_curve(y_true == i, proba[:, i])
-        curves[name] = [
-            {"recall": round(float(rc), 5), "precision": round(float(pr), 5)}
-            for rc, pr in zip(recall, precision)
-        ]
-    return curves
-
-
-def predictions_frame(
-    ids: np.ndarray, y_true: np.ndarray, proba: np.ndarray, classes: list[str]
-) -> pd.DataFrame:
-    frame = pd.DataFrame(
-        {
-            "id": ids,
-            "actual": [classes[i] for i in y_true],
-            "predicted": [classes[i] for i in proba.argmax(axis=1)],
-        }
-    )
-    for i, name in enumerate(classes):
-        frame[f"prob_{name}"] = np.round(proba[:, i], 6)
-    return frame
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     module, meta = load_model(Path("models"))
@@ -148,7 +112,7 @@ def main() -> None:
     results = {
         s: {
             **compute_metrics(y[s], probas[s], classes),
-            **calibration_metrics(y[s], probas[s], raw[s]),
+            **calibration.calibration_metrics(y[s], probas[s], raw[s]),
         }
         for s in SPLITS
     }

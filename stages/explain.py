@@ -14,45 +14,21 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from stages import config, csvsafe
-from stages.attribution import Explainer, Explanation
+from stages.attribution import Explainer
 from stages.encoders import load_encoder, load_rgb
 from stages.explain_page import post_card, render
-from stages.faithfulness import measure
+from stages.faithfulness import measure, select_posts, share_by_class
 from stages.files import write_json, write_text
 from stages.images import encode_jpeg, white_image
 from stages.model import load_model, read_features
 
 log = logging.getLogger("explain")
 DATASET, REPORTS = Path("dataset"), Path("reports")
-
-
-def select_posts(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """All rows when n covers them, else a seeded sample of n, in file order."""
-    if n >= len(frame):
-        return frame
-    rows = np.sort(np.random.default_rng(seed).choice(len(frame), n, replace=False))
-    return frame.iloc[rows]
-
-
-def share_by_class(exps: list[Explanation], classes: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, name in enumerate(classes):
-        shares = [e.text_share for e in exps if e.predicted == k]
-        out[name] = {
-            "posts": len(shares),
-            "text_share": round(float(np.mean(shares)), 4) if shares else None,
-        }
-    out["all"] = {
-        "posts": len(exps),
-        "text_share": round(float(np.mean([e.text_share for e in exps])), 4),
-    }
-    return out
 
 
 def explain_posts(

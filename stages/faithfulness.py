@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from stages.attribution import Explainer, Explanation, drop_words, word_spans
 
@@ -209,3 +211,26 @@ def measure(
         for t, m in zip(curves["text"], curves["image"])
     ]
     return report, rows
+
+
+def select_posts(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """All rows when n covers them, else a seeded sample of n, in file order."""
+    if n >= len(frame):
+        return frame
+    rows = np.sort(np.random.default_rng(seed).choice(len(frame), n, replace=False))
+    return frame.iloc[rows]
+
+
+def share_by_class(exps: list[Explanation], classes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, name in enumerate(classes):
+        shares = [e.text_share for e in exps if e.predicted == k]
+        out[name] = {
+            "posts": len(shares),
+            "text_share": round(float(np.mean(shares)), 4) if shares else None,
+        }
+    out["all"] = {
+        "posts": len(exps),
+        "text_share": round(float(np.mean([e.text_share for e in exps])), 4),
+    }
+    return out

@@ -316,3 +316,52 @@ def predict_proba(
         chunk = {k: t[start : start + batch_size].to(device) for k, t in tensors.items()}
         out.append(torch.softmax(module(**chunk).double() / temperature, dim=1).cpu())
     return torch.cat(out).numpy()
+
+
+def prepared_input(dataset: Path, classes: list[str]) -> dict[str, Any]:
+    """prepare's input settings (dataset/input.json), after checking that the features were
+    made from prepare's current class list (dataset/classes.json)."""
+    prepared = json.loads((Path(dataset) / "classes.json").read_text(encoding="utf-8"))
+    if prepared != classes:
+        raise ValueError(
+            f"features/meta.json has classes {classes} but dataset/classes.json "
+            f"{prepared}: the features are stale; re-run featurize"
+        )
+    return read_input_settings(Path(dataset) / "input.json")
+
+
+def model_record(
+    module: Any,
+    meta: dict[str, Any],
+    classes: list[str],
+    modality: str,
+    mode: str,
+    weight_map: dict[str, float],
+    cfg: dict[str, Any],
+    rows: int,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """models/model.json: what the model was trained on and with, so predict and evaluate can
+    follow it (classes, input settings, encoder fingerprint) and a reader can see how."""
+    return {
+        "classes": classes,
+        "input": meta["input"],
+        "encoder": meta.get("encoder"),
+        "encoder_model": meta.get("model"),
+        "fingerprint": meta.get("fingerprint"),
+        "modality": modality,
+        "fusion": module.fusion,
+        "dims": module.config["dims"],
+        "hidden": module.config["hidden"],
+        "dropout": module.config["dropout"],
+        "weights": mode,
+        "class_weights": weight_map,
+        "standardisation": {
+            "source": "train split" if info["selection"] == "validation split" else "train+val",
+            "rows": rows,
+            "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")],
+        },
+        "seed": int(cfg["seed"]),
+        "label_smoothing": float(cfg["label_smoothing"]),
+        **info,
+    }

@@ -20,51 +20,17 @@ import pandas as pd
 from stages import config, csvsafe
 from stages.config import FeaturizeConfig
 from stages.embedding import embed
-from stages.encoders import Encoder, EncoderError, load_encoder, load_rgb
+from stages.encoders import Encoder, EncoderError, load_rgb
 from stages.explain_page import describe
 from stages.feature_store import ShardReader
 from stages.images import ImageDecodeError, ImageStore
-from stages.model import INPUT_KEYS, META_FILE, FusionMLP, load_model, predict_proba
+from stages.model import FusionMLP, predict_proba
 from stages.params import ParamsError
+from stages.predictor import PredictError, load_predictor, read_posts
 from stages.report import report_csv
 from stages.text import clean_text
 
 log = logging.getLogger("predict")
-
-
-class PredictError(ValueError):
-    """No trained model, an encoder other than the model's, or an unusable input file."""
-
-
-def load_predictor(
-    cfg: FeaturizeConfig, model_dir: Path
-) -> tuple[FusionMLP, dict[str, Any], Encoder]:
-    """The trained model, its model.json, and the encoder it was trained with."""
-    meta_path = model_dir / META_FILE
-    if not meta_path.is_file():
-        raise PredictError(
-            f"{meta_path} not found: no trained model; run `dvc repro` in the "
-            "repository root first (or point --model-dir at a trained model)"
-        )
-    module, meta = load_model(model_dir)
-    recorded = meta.get("input")
-    if not isinstance(recorded, dict) or set(recorded) != set(INPUT_KEYS):
-        raise PredictError(
-            f"{meta_path} does not record the input settings it was trained with "
-            f"(an 'input' block with {list(INPUT_KEYS)}); retrain with `dvc repro`"
-        )
-    trained = (meta.get("encoder"), meta.get("fingerprint"))
-    # Another backend is refused before it loads; the same one is built to compare fingerprints.
-    encoder = load_encoder(cfg) if cfg.encoder == trained[0] else None
-    built = (encoder.name, encoder.fingerprint()) if encoder else (cfg.encoder, "-")
-    if built != trained:
-        raise PredictError(
-            f"encoder mismatch: {meta_path} was trained with {trained[0]!r} "
-            f"(fingerprint {str(trained[1])[:12]}), params.yaml's featurize block "
-            f"gives {built[0]!r} (fingerprint {built[1][:12]}); restore those "
-            "settings or retrain with `dvc repro`"
-        )
-    return module, meta, encoder
 
 
 def classify(
@@ -109,16 +75,6 @@ def classify(
     if explain is not None:
         out["explanation"] = [json.dumps(e.to_json(classes)) for e in found]
     return out
-
-
-def read_posts(path: Path) -> pd.DataFrame:
-    try:  # csvsafe: a CSV this project wrote (dataset/*.csv) reads back exactly
-        posts = csvsafe.read_csv(path, int_columns=())
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise PredictError(f"{path}: cannot read it as a UTF-8 CSV ({exc})") from exc
-    if missing := [c for c in ("text", "image_path") if c not in posts.columns]:
-        raise PredictError(f"{path}: no column {missing} (has {list(posts.columns)})")
-    return posts
 
 
 def main(argv: list[str] | None = None) -> None:

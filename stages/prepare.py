@@ -11,26 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from stages import config, csvsafe, ledger, tracking
-from stages import groups as grouping
 from stages import split as splitting
 from stages.files import write_json
 from stages.images import ImageDecodeError, ImageStore
 from stages.params import ParamsError
 from stages.sources import Record, SourceError, parse_sources, read_source
+from stages.split import PrepareError
 from stages.text import REPAIRS, clean_text_explained
 
 DATASET, REPORTS = Path("dataset"), Path("reports")
 COLUMNS = ["id", "text", "image_path", "label"]
 INPUT_KEYS = ("strip_urls", "max_side", "dummy_size")
-
-
-class PrepareError(ValueError):
-    """The inputs leave too little to fill train, validation and test."""
 
 
 def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd.DataFrame:
@@ -68,73 +63,6 @@ def clean_rows(records: list[Record], store: ImageStore, strip_urls: bool) -> pd
     return pd.DataFrame(rows)
 
 
-def split_rows(
-    table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfig, store: ImageStore
-) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
-    """Surviving rows with their split and image_path, the output tables by file stem, and
-    the grouping report. Marks rows dropped by the split or by balancing in `table`."""
-    live = table[~table["kinds"].map(ledger.is_dropped)].copy()
-    if live.empty:
-        raise PrepareError("no rows left after reading and cleaning (see the ledger)")
-    seed = cfg.seed
-    hashes = {
-        d: grouping.image_hash(store.staging / f"{d}.jpg")
-        for d in sorted(set(live["digest"]) - {store.dummy})
-    }
-    groups = grouping.group_rows(
-        live["digest"].tolist(),
-        live["text"].tolist(),
-        live["event"].tolist(),
-        store.dummy,
-        hashes,
-        cfg.near_duplicate_bits,
-        cfg.min_shared_words,
-        cfg.group_by == "event",
-    )
-    live["group"] = groups.group
-    held = live["event"].isin(cfg.test_events).to_numpy() if cfg.test_events else None
-    split, leaked = splitting.assign_splits(
-        live["label"],
-        live["group"],
-        live["split"],
-        cfg.test_size,
-        cfg.val_size,
-        seed,
-        cfg.split_leaks,
-        held,
-    )
-    live["split"] = split
-    _mark(table, live.loc[leaked, "id"], "split_leak")
-    live = live[~leaked]
-    folder = np.where(live["split"] == "test", "images_test/", "images_train/")
-    live["image_path"] = folder + live["digest"] + ".jpg"
-    out = splitting.outputs(live, classes, cfg.balance, cfg.per_class_small, seed)
-    if empty := [name for name, frame in out.items() if frame.empty]:
-        raise PrepareError(
-            f"{', '.join(empty)} would be empty: {len(live)} rows in "
-            f"{live['group'].nunique()} groups are too few to split"
-        )
-    used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
-    _mark(table, live.loc[~live["id"].isin(used), "id"], "downsampled")
-    audit = grouping.audit(live, hashes, cfg.near_duplicate_bits, cfg.min_shared_words)
-    return (
-        live,
-        out,
-        {
-            "count": groups.count,
-            "largest": groups.largest,
-            "merged_by": groups.merged,
-            "shares": splitting.shares(live, classes),
-            "across_splits": audit,
-        },
-    )
-
-
-def _mark(table: pd.DataFrame, ids: pd.Series, kind: str) -> None:
-    rows = table["id"].isin(ids)
-    table.loc[rows, "kinds"] = table.loc[rows, "kinds"].map(lambda k: k + [kind])
-
-
 def run(params_file: Path) -> dict[str, Any]:
     """The whole stage: read, clean, group, split, balance, write; returns the report."""
     stage = config.load(config.PrepareStage, params_file)
@@ -146,7 +74,7 @@ def run(params_file: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=DATASET) as staging:
         store = ImageStore(Path(staging), cfg.max_side, cfg.dummy_size)
         table = clean_rows(records, store, cfg.strip_urls)
-        live, out, groups = split_rows(table, classes, cfg, store)
+        live, out, groups = splitting.split_rows(table, classes, cfg, store)
         train_digests = pd.concat([out["train_balanced"]["digest"], out["val"]["digest"]])
         written = {
             "images_train": store.export(DATASET / "images_train", train_digests),

@@ -10,7 +10,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, classification_report, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    f1_score,
+    precision_recall_curve,
+)
 
 from stages import bootstrap
 from stages.files import atomic_path
@@ -158,3 +163,32 @@ def report_csv(result: pd.DataFrame, classes: list[str], out: Path) -> None:
             f"predict: against the label column ({len(known)} rows): accuracy "
             f"{accuracy_score(known['label'], known['predicted']):.4f}, macro-F1 {f1:.4f}"
         )
+
+
+def pr_curves(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, list]:
+    """One-vs-rest precision-recall points per class (classes without positives are left out)."""
+    curves = {}
+    for i, name in enumerate(classes):
+        if not (y_true == i).any():
+            continue
+        precision, recall, _ = precision_recall_curve(y_true == i, proba[:, i])
+        curves[name] = [
+            {"recall": round(float(rc), 5), "precision": round(float(pr), 5)}
+            for rc, pr in zip(recall, precision)
+        ]
+    return curves
+
+
+def predictions_frame(
+    ids: np.ndarray, y_true: np.ndarray, proba: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "actual": [classes[i] for i in y_true],
+            "predicted": [classes[i] for i in proba.argmax(axis=1)],
+        }
+    )
+    for i, name in enumerate(classes):
+        frame[f"prob_{name}"] = np.round(proba[:, i], 6)
+    return frame

@@ -1,14 +1,19 @@
-"""Splitting and balancing for the prepare stage: grouped (no group of stages.groups on two
-sides), stratified by class, seeded; plus the per-class subsets and the round-robin order of
-the `_100` files."""
+"""The split of the prepare stage: posts grouped (no group of stages.groups on two sides) and
+split stratified by class to the requested shares, seeded; balancing, the per-class subsets and
+the round-robin order of the `_100` files; `split_rows` runs it all on prepare's table."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from stages import config, ledger
+from stages import groups as groups_
+from stages.images import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +184,74 @@ def shares(rows: pd.DataFrame, classes: Sequence[str]) -> dict[str, dict[str, fl
         return {s: round(int(counts.get(s, 0)) / max(len(frame), 1), 4) for s in SPLIT_ORDER}
 
     return {"all": of(rows)} | {c: of(rows[rows["label"] == c]) for c in classes}
+
+
+class PrepareError(ValueError):
+    """The inputs leave too little to fill train, validation and test."""
+
+
+def split_rows(
+    table: pd.DataFrame, classes: list[str], cfg: config.PrepareConfig, store: ImageStore
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """Surviving rows with their split and image_path, the output tables by file stem, and
+    the grouping report. Marks rows dropped by the split or by balancing in `table`."""
+    live = table[~table["kinds"].map(ledger.is_dropped)].copy()
+    if live.empty:
+        raise PrepareError("no rows left after reading and cleaning (see the ledger)")
+    seed = cfg.seed
+    hashes = {
+        d: groups_.image_hash(store.staging / f"{d}.jpg")
+        for d in sorted(set(live["digest"]) - {store.dummy})
+    }
+    groups = groups_.group_rows(
+        live["digest"].tolist(),
+        live["text"].tolist(),
+        live["event"].tolist(),
+        store.dummy,
+        hashes,
+        cfg.near_duplicate_bits,
+        cfg.min_shared_words,
+        cfg.group_by == "event",
+    )
+    live["group"] = groups.group
+    held = live["event"].isin(cfg.test_events).to_numpy() if cfg.test_events else None
+    split, leaked = assign_splits(
+        live["label"],
+        live["group"],
+        live["split"],
+        cfg.test_size,
+        cfg.val_size,
+        seed,
+        cfg.split_leaks,
+        held,
+    )
+    live["split"] = split
+    _mark(table, live.loc[leaked, "id"], "split_leak")
+    live = live[~leaked]
+    folder = np.where(live["split"] == "test", "images_test/", "images_train/")
+    live["image_path"] = folder + live["digest"] + ".jpg"
+    out = outputs(live, classes, cfg.balance, cfg.per_class_small, seed)
+    if empty := [name for name, frame in out.items() if frame.empty]:
+        raise PrepareError(
+            f"{', '.join(empty)} would be empty: {len(live)} rows in "
+            f"{live['group'].nunique()} groups are too few to split"
+        )
+    used = pd.concat([out[name]["id"] for name in ("train_balanced", "val", "test_balanced")])
+    _mark(table, live.loc[~live["id"].isin(used), "id"], "downsampled")
+    audit = groups_.audit(live, hashes, cfg.near_duplicate_bits, cfg.min_shared_words)
+    return (
+        live,
+        out,
+        {
+            "count": groups.count,
+            "largest": groups.largest,
+            "merged_by": groups.merged,
+            "shares": shares(live, classes),
+            "across_splits": audit,
+        },
+    )
+
+
+def _mark(table: pd.DataFrame, ids: pd.Series, kind: str) -> None:
+    rows = table["id"].isin(ids)
+    table.loc[rows, "kinds"] = table.loc[rows, "kinds"].map(lambda k: k + [kind])

@@ -18,7 +18,7 @@ import numpy as np
 from stages import config
 from stages.folds import training_groups
 from stages.loss import class_weights
-from stages.model import read_features, read_input_settings, save_model
+from stages.model import model_record, prepared_input, read_features, save_model
 from stages.ranks import process_group
 from stages.training import (  # noqa: F401
     CPU_ONLY,
@@ -44,13 +44,7 @@ def main() -> None:
     )
     # model.json records what shaped the inputs (prepare's classes and input settings), so
     # predict and evaluate follow the model rather than today's params.yaml.
-    prepared = json.loads((DATASET / "classes.json").read_text(encoding="utf-8"))
-    if prepared != classes:
-        raise ValueError(
-            f"features/meta.json has classes {classes} but dataset/classes.json "
-            f"{prepared}: the features are stale; re-run featurize"
-        )
-    meta = {**meta, "input": read_input_settings(DATASET / "input.json")}
+    meta = {**meta, "input": prepared_input(DATASET, classes)}
     weights = class_weights(
         mode,
         train["label"].numpy(),
@@ -139,42 +133,14 @@ def _save(
     rows: int,
     info: dict[str, Any],
 ) -> None:
-    save_model(
-        MODELS,
-        module,
-        {
-            "classes": classes,
-            "input": meta["input"],
-            "encoder": meta.get("encoder"),
-            "encoder_model": meta.get("model"),
-            "fingerprint": meta.get("fingerprint"),
-            "modality": modality,
-            "fusion": module.fusion,
-            "dims": module.config["dims"],
-            "hidden": module.config["hidden"],
-            "dropout": module.config["dropout"],
-            "weights": mode,
-            "class_weights": weight_map,
-            "standardisation": {
-                "source": "train split" if info["selection"] == "validation split" else "train+val",
-                "rows": rows,
-                "buffers": [f"{k}_{s}" for k in module.inputs for s in ("mean", "std")],
-            },
-            "seed": int(cfg["seed"]),
-            "label_smoothing": float(cfg["label_smoothing"]),
-            **info,
-        },
-    )
+    record = model_record(module, meta, classes, modality, mode, weight_map, cfg, rows, info)
+    save_model(MODELS, module, record)
     log.info(
         "best epoch %d of %d: val macro-F1 %.4f, accuracy %.4f; temperature %.3f (val log "
         "loss %.4f -> %.4f)",
-        info["best_epoch"],
-        info["epochs_run"],
-        info["best_val_macro_f1"],
-        info["best_val_accuracy"],
-        info["temperature"],
-        info["val_nll_uncalibrated"],
-        info["val_nll_calibrated"],
+        *(info[k] for k in ("best_epoch", "epochs_run", "best_val_macro_f1")),
+        *(info[k] for k in ("best_val_accuracy", "temperature")),
+        *(info[k] for k in ("val_nll_uncalibrated", "val_nll_calibrated")),
     )
 
 

@@ -11,7 +11,7 @@ import yaml
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 from synthetic_features import CLASSES, write_features
 
-from stages import evaluate, train
+from stages import evaluate, report, train
 
 # Fixed predictions: rows 0-2 urgent_help, 3-5 relief_info, 6-7 misinformation, 8-9 irrelevant.
 Y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
@@ -72,10 +72,10 @@ def test_two_classes_get_a_binary_auc() -> None:
 
 
 def test_pr_curves_and_prediction_rows() -> None:
-    curves = evaluate.pr_curves(Y, PROBA, CLASSES)
+    curves = report.pr_curves(Y, PROBA, CLASSES)
     assert set(curves) == set(CLASSES)
     assert curves["relief_info"][-1] == {"recall": 0.0, "precision": 1.0}
-    frame = evaluate.predictions_frame(np.arange(100, 110), Y, PROBA, CLASSES)
+    frame = report.predictions_frame(np.arange(100, 110), Y, PROBA, CLASSES)
     assert list(frame.columns) == ["id", "actual", "predicted"] + [f"prob_{c}" for c in CLASSES]
     assert frame.loc[2, "actual"] == "urgent_help" and frame.loc[2, "predicted"] == "relief_info"
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import csvsafe, featurize, predict, prepare, train
+from stages import csvsafe, featurize, predict, predictor, prepare, train
 from stages.encoders import load_encoder
 from stages.model import load_model, predict_proba, read_features
 
@@ -84,7 +84,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _shared_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(predict, "load_encoder", cached_load_encoder)
+    monkeypatch.setattr(predictor, "load_encoder", cached_load_encoder)
 
 
 def run(work: Path, *args: str, model_dir: Path | None = None) -> None:
@@ -220,7 +220,7 @@ def csv_run(pipeline: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     csvsafe.write_csv(posts, csv_in)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, redirect_stdout(printed):
-        mp.setattr(predict, "load_encoder", cached_load_encoder)
+        mp.setattr(predictor, "load_encoder", cached_load_encoder)
         run(pipeline, "--csv", str(csv_in), "--out", str(csv_out), "--image-root", str(IMAGES))
     return posts, csvsafe.read_csv(csv_out, int_columns=("id",)), printed.getvalue()
 
