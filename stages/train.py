@@ -118,21 +118,9 @@ def _run(
                 "train": {"loss": best["train_loss"]},
                 "val": {k: best[f"val_{k}"] for k in ("loss", "accuracy", "macro_f1")},
             }
-    if writer:
-        _save(module, meta, classes, modality, mode, weight_map, cfg, info["fit_rows"], info)
-
-
-def _save(
-    module: Any,
-    meta: dict[str, Any],
-    classes: list[str],
-    modality: str,
-    mode: str,
-    weight_map: dict[str, float],
-    cfg: dict[str, Any],
-    rows: int,
-    info: dict[str, Any],
-) -> None:
+    if not writer:
+        return
+    rows = info["fit_rows"]
     record = model_record(module, meta, classes, modality, mode, weight_map, cfg, rows, info)
     save_model(MODELS, module, record)
     log.info(
