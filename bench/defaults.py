@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from bench.results import set_dotted  # noqa: E402
+from bench.results import _cpu_model, set_dotted  # noqa: E402
 from stages.calibration import expected_calibration_error  # noqa: E402
 from stages.folds import training_groups  # noqa: E402
 from stages.loss import class_weights  # noqa: E402
@@ -250,18 +250,11 @@ def main() -> None:
             "runs": runs,
             "mean_sd": line,
             "command": " ".join(["python", "bench/defaults.py", *sys.argv[1:]]),
-            "cpu": _cpu(),
+            "cpu": _cpu_model(),
             "load": round(os.getloadavg()[0], 2),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from launchers import LAUNCH_2CPU
 from PIL import Image, ImageDraw
 from safetensors.numpy import load_file
 from shipped_params import featurize_cfg
@@ -382,21 +383,7 @@ def test_accelerate_two_cpu_processes_match_one(tmp_path: Path) -> None:
         ("one", [sys.executable, "-m", "stages.featurize"]),
         (
             "two",
-            [
-                str(Path(sys.executable).parent / "accelerate"),
-                "launch",
-                "--multi_gpu",
-                "--num_processes",
-                "2",
-                "--num_machines",
-                "1",
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-                "-m",
-                "stages.featurize",
-            ],
+            [*LAUNCH_2CPU, "-m", "stages.featurize"],
         ),
     ):
         root = tmp_path / name

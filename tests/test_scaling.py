@@ -23,20 +23,8 @@ from synthetic_features import write_features
 from stages.model import load_model, predict_proba
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-LAUNCH_2CPU = [
-    str(BIN / "accelerate"),
-    "launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
+from launchers import BIN, LAUNCH_2CPU  # noqa: E402
+
 # lr and patience such that early stopping ends the run (epoch 15 of 30 here): every rank
 # must leave the loop at the same epoch, or the others hang in the next all-reduce.
 TRAIN = {
